@@ -1,0 +1,113 @@
+"""One place that picks the attention kernel for every model.
+
+All models call :func:`attention` with ``[batch, seq, heads, head_dim]`` tensors (the layout
+Wan's reference code uses). ``sdpa`` (torch's scaled_dot_product_attention) is the default and
+runs on any device; faster backends are used only when their package imports and the inputs
+suit them. The choice is explicit: a model stores its backend name, or the
+``INFINITETALK_ATTENTION`` environment variable sets the process default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash3", "sage")
+_ENV = "INFINITETALK_ATTENTION"
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _sdpa(q, k, v, mask, scale):
+    # SDPA wants [B, H, L, D].
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
+    )
+    return out.transpose(1, 2)
+
+
+def _cudnn(q, k, v, mask, scale):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+        return _sdpa(q, k, v, mask, scale)
+
+
+def _flash3(q, k, v, mask, scale):
+    from flash_attn_interface import flash_attn_func  # FlashAttention-3 (Hopper)
+
+    if mask is not None:
+        return _sdpa(q, k, v, mask, scale)
+    out = flash_attn_func(q, k, v, softmax_scale=scale)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _sage(q, k, v, mask, scale):
+    from sageattention import sageattn  # 8-bit attention
+
+    if mask is not None:
+        return _sdpa(q, k, v, mask, scale)
+    return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
+
+
+_IMPL: dict[str, Callable] = {"sdpa": _sdpa, "cudnn": _cudnn, "flash3": _flash3, "sage": _sage}
+_PACKAGE = {"flash3": "flash_attn_interface", "sage": "sageattention"}
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Backends usable on ``device`` in this process."""
+    cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    names = ["sdpa"]
+    if cuda:
+        names.append("cudnn")
+        names += [n for n, pkg in _PACKAGE.items() if importlib.util.find_spec(pkg) is not None]
+    return names
+
+
+def resolve_backend(name: str | None = None) -> str:
+    """Validate a backend name; ``None``/``"auto"`` means the env default, else ``sdpa``."""
+    name = name or os.environ.get(_ENV) or "sdpa"
+    if name == "auto":
+        name = "sdpa"
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {ATTENTION_BACKENDS}")
+    if name in _PACKAGE and importlib.util.find_spec(_PACKAGE[name]) is None:
+        raise ValueError(f"attention backend {name!r} needs the package {_PACKAGE[name]!r}")
+    return name
+
+
+def key_padding_mask(k_lens: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
+    """Boolean mask [B, 1, q_len, k_len]: True where key j < k_lens[b] (attended)."""
+    keep = torch.arange(k_len, device=k_lens.device)[None, :] < k_lens[:, None]
+    return keep[:, None, None, :].expand(-1, 1, q_len, k_len)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    k_lens: torch.Tensor | int | None = None,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Softmax attention on ``[B, L, H, D]`` tensors; ``k_lens`` excludes padded keys.
+
+    ``k_lens``: an int (every row attends to its first ``k_lens`` keys) or a per-row tensor.
+
+    ``scale`` defaults to ``1/sqrt(D)``. Output has q's dtype and layout.
+    """
+    name = backend or resolve_backend(None)
+    if name in ("cudnn", "flash3", "sage") and (q.device.type != "cuda" or q.dtype not in _HALF):
+        name = "sdpa"  # those kernels take only fp16/bf16 CUDA tensors
+    mask = None
+    if isinstance(k_lens, int):
+        # One length for every row: slicing the keys is exact and keeps the fast mask-free
+        # kernels (a mask switches kernels, which round differently), with no host sync.
+        k, v = k[:, :k_lens], v[:, :k_lens]
+    elif k_lens is not None:
+        mask = key_padding_mask(k_lens.to(q.device), q.shape[1], k.shape[1])
+    return _IMPL[name](q, k, v, mask, scale).to(q.dtype)
