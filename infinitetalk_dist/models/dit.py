@@ -153,8 +153,10 @@ class AttentionCore(nn.Module):
         return attention(q, k, v, k_lens=k_lens, backend=self.backend)
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, backend: str | None = None):
+class _QKVO(nn.Module):
+    """q/k/v/o projections with optional RMS q/k norms (the reference's parameter names)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
@@ -163,6 +165,11 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+
+class SelfAttention(_QKVO):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, backend: str | None = None):
+        super().__init__(dim, num_heads, qk_norm, eps)
         self.attn_core = AttentionCore(backend)
 
     def forward(self, x: torch.Tensor, layout: TokenLayout, rope: Rope,
@@ -176,27 +183,21 @@ class SelfAttention(nn.Module):
         if speaker_masks is None:
             return out, None
         if not layout.whole:
-            raise NotImplementedError("the two-speaker map needs the whole sequence (first-frame keys, global min/max)")
+            raise ValueError("the two-speaker map needs the whole sequence (first-frame keys, global min/max); "
+                             "gather the sequence before calling it")
         ref_map = speaker_attention_map(q[:, : layout.count], k[:, : layout.frame_tokens], speaker_masks,
                                         self.attn_core.backend)
         return out, ref_map
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_QKVO):
     """Attention to the CLIP image tokens and to the text tokens (the last ``text_len`` of the context)."""
 
     def __init__(self, dim: int, num_heads: int, text_len: int, qk_norm: bool, eps: float,
                  backend: str | None = None):
-        super().__init__()
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qk_norm, eps)
         self.text_len = text_len
         self.backend = backend
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.k_img = nn.Linear(dim, dim)
         self.v_img = nn.Linear(dim, dim)
         self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()

@@ -166,7 +166,7 @@ def load_wav2vec2(folder: str | Path, *, dtype=torch.float32, device="cpu"):
         raise CheckpointError(f"{folder}: not a transformers wav2vec2 folder (no config.json)")
     try:
         model, info = Wav2Vec2Model.from_pretrained(
-            str(folder), local_files_only=True, output_loading_info=True, torch_dtype=dtype
+            str(folder), local_files_only=True, output_loading_info=True, dtype=dtype
         )
     except Exception as e:  # transformers raises many types for a bad folder; report one
         raise CheckpointError(f"{folder}: cannot load the wav2vec2 model: {type(e).__name__}: {e}") from None
