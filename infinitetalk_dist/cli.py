@@ -1,20 +1,46 @@
-"""``infinitetalk-dist``: one command line for every job; options are Hydra config paths.
+"""``infinitetalk-dist``: one command line for every job; every option is a Hydra config path.
 
-    infinitetalk-dist smoke [key=value ...]     one forward of every model (tiny preset by default)
+    infinitetalk-dist generate [flags] [key=value ...]   one window: audio + picture/video -> MP4
+    infinitetalk-dist smoke [key=value ...]              one forward of every model
 
-Overrides use Hydra syntax on ``infinitetalk_dist/conf/config.yaml``, e.g.
-``infinitetalk-dist smoke device=cuda dtype=bfloat16 model=14b model.weights=/data/weights``.
+Flags are shorthands for config paths of ``infinitetalk_dist/conf/config.yaml`` (``--steps 8``
+is ``sampler.steps=8``); any path can also be set as ``key=value`` (Hydra override syntax),
+and ``--cfg`` prints the composed config.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-COMMANDS = {"smoke": "one forward of every model of the preset on seeded random inputs"}
+# flag -> (config path, type, help). Values are set on the composed config after overrides.
+GENERATE_FLAGS = {
+    "--image": ("input.image", str, "reference picture (I2V)"),
+    "--video": ("input.video", str, "source video (V2V: every chunk re-anchored on its frame)"),
+    "--audio": ("input.audio", str, "speech track (wav, flac, mp3, m4a, or a video's audio)"),
+    "--audio2": ("input.audio2", str, "second speaker's track"),
+    "--audio-mode": ("input.audio_mode", str, "two speakers: para (together) or add (in turn)"),
+    "--prompt": ("input.prompt", str, "text prompt"),
+    "--negative-prompt": ("input.negative_prompt", str, "negative prompt (default: Wan's)"),
+    "--output": ("output", str, "output MP4 (written atomically)"),
+    "--weights": ("model.weights", str, "official weights folder (selects the 14b model)"),
+    "--device": ("device", str, "cpu, cuda or cuda:N"),
+    "--dtype": ("dtype", str, "float32 or bfloat16"),
+    "--seed": ("seed", int, "seed of all noise"),
+    "--size": ("size", str, "bucket table: auto, tiny, 480 or 720"),
+    "--steps": ("sampler.steps", int, "sampling steps"),
+    "--shift": ("sampler.shift", float, "timestep shift (default 7 at 480p, 11 at 720p)"),
+    "--text-scale": ("sampler.text_scale", float, "text guidance scale (1 = two passes)"),
+    "--audio-scale": ("sampler.audio_scale", float, "audio guidance scale"),
+    "--motion-frames": ("sampler.motion_frame", int, "frames carried between chunks"),
+    "--max-frames": ("sampler.max_frames", int, "stop after this many frames"),
+    "--color-correction": ("sampler.color_correction", float, "0..1 colour matching to the reference"),
+    "--attention": ("attention", str, "sdpa, cudnn, flash3 or sage"),
+}
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -25,36 +51,21 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose(config_name="config", overrides=overrides)
 
 
-def _dtype(name: str):
-    import torch
-
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16}[name]
-    except KeyError:
-        raise SystemExit(f"error: dtype must be float32 or bfloat16, got {name!r}") from None
-
-
 def smoke(cfg: DictConfig) -> None:
-    """Run each model once and print shapes and timings (the main job until the pipeline lands)."""
+    """Run each model once and print shapes and timings."""
     import torch
 
-    from .models.build import load_models, random_models
+    from .pipeline.generate import build_models
 
-    device, dtype = torch.device(cfg.device), _dtype(cfg.dtype)
+    device = torch.device(cfg.device)
     t0 = time.perf_counter()
-    if cfg.model.weights:
-        loras = [(lo.path, float(lo.strength)) for lo in cfg.model.get("loras", [])]
-        models = load_models(cfg.model.weights, variant=cfg.model.variant, dtype=dtype, device=device,
-                             loras=loras, attn_backend=cfg.attention)
-    else:
-        models = random_models(cfg.model.preset, cfg.seed, dtype, device)
-        models.dit.set_attn_backend(cfg.attention)
+    models = build_models(cfg)
     print(f"built preset {models.preset.name} on {device} ({cfg.dtype}) in {time.perf_counter() - t0:.2f} s")
+    dtype = next(models.dit.parameters()).dtype
 
     s = cfg.smoke
     if (s.frames - 1) % 4:
-        raise SystemExit(f"error: smoke.frames must be 4n+1, got {s.frames}")
+        raise ValueError(f"smoke.frames must be 4n+1, got {s.frames}")
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     rows = []
 
@@ -81,9 +92,9 @@ def smoke(cfg: DictConfig) -> None:
         mask = torch.zeros(1, 4, *latent.shape[2:], device=device, dtype=latent.dtype)
         mask[:, :, 0] = 1
         y = torch.cat([mask, latent], 1)
-        # Each video frame's audio window of +-2 frames (clamped), for speakers copies.
-        idx = (torch.arange(s.frames)[:, None] + torch.arange(-2, 3)[None]).clamp(0, s.frames - 1)
-        windows = audio[idx.to(device)][None, None].expand(1, s.speakers, *audio[idx].shape)
+        # Each video frame's audio window of +-2 frames (clamped), for every speaker.
+        idx = (torch.arange(s.frames)[:, None] + torch.arange(-2, 3)[None]).clamp(0, s.frames - 1).to(device)
+        windows = audio[idx][None, None].expand(1, s.speakers, *audio[idx].shape)
         masks = torch.zeros(3, *latent.shape[3:], device=device)
         masks[0, :, : latent.shape[-1] // 2] = 1
         masks[1, :, latent.shape[-1] // 2:] = 1
@@ -93,40 +104,111 @@ def smoke(cfg: DictConfig) -> None:
                     windows.to(dtype), masks if s.speakers == 2 else None)
         frames = timed("vae decode", models.vae.decode, out.to(next(models.vae.parameters()).dtype))
     if not torch.isfinite(frames).all():
-        raise SystemExit("error: non-finite output")
+        raise ValueError("non-finite output")
     print(f"{'model':<12} {'output shape':<28} {'seconds':>8}")
     for name, shape, sec in rows:
         print(f"{name:<12} {str(list(shape)):<28} {sec:8.3f}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def generate(cfg: DictConfig) -> None:
+    from .pipeline.generate import generate as run
+
+    t0 = time.perf_counter()
+    info = run(cfg)
+    print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s, {info.width}x{info.height}, "
+          f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s")
+
+
+COMMANDS = {
+    "generate": (generate, "render one window: audio + picture/video -> MP4 (tiny preset and demo inputs by default)"),
+    "smoke": (smoke, "one forward of every model of the preset on seeded random inputs"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infinitetalk-dist",
+        usage="infinitetalk-dist COMMAND [flags] [key=value ...]",
         description="InfiniteTalk talking-video generation as a distributed render farm.",
-        epilog="Options are Hydra overrides of infinitetalk_dist/conf/config.yaml "
-               "(e.g. device=cuda dtype=bfloat16 model=14b model.weights=DIR); "
-               "`infinitetalk-dist COMMAND --cfg` prints the composed config.",
+        epilog="Every option is a path of infinitetalk_dist/conf/config.yaml; set any of them as key=value "
+               "(e.g. sampler=lightx2v 'model.loras=[{path: lora.safetensors, strength: 1.0}]').",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_ in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    for name, (_, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_,
+                           epilog="key=value overrides set any config path; --cfg shows them all.")
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    args = parser.parse_args(argv)
+        if name == "generate":
+            p.add_argument("--preset", choices=["tiny", "14b"], help="model preset (default tiny; --weights implies 14b)")
+            p.add_argument("--sampler", choices=["default", "lightx2v", "fusionx"],
+                           help="sampler preset: 40-step default, 4-step lightx2v, 8-step FusionX")
+            p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]", help="merge a LoRA (repeatable)")
+            p.add_argument("--apg", action="store_true", help="adaptive projected guidance")
+            p.add_argument("--bbox", nargs=8, type=float, metavar="N",
+                           help="two speakers: x0 y0 x1 y1 of person 1 then of person 2 (x = rows)")
+            p.add_argument("-o", dest="--output", metavar="OUT", help="output MP4 (same as --output)")
+            p.add_argument("--no-progress", action="store_true", help="no progress bar")
+            for flag, (path, type_, help_) in GENERATE_FLAGS.items():
+                p.add_argument(flag, dest=flag, type=type_, metavar=path.split(".")[-1].upper(),
+                               help=f"{help_} [{path}]")
+    return parser
 
+
+def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Group choices become Hydra overrides; plain flags become (path -> value) updates."""
+    groups, values = [], {}
+    flags = vars(args)
+    if flags.get("--weights") or flags.get("preset") == "14b":
+        groups.append("model=14b")
+    if flags.get("sampler"):
+        groups.append(f"sampler={flags['sampler']}")
+    for flag, (path, _, _) in GENERATE_FLAGS.items():
+        if flags.get(flag) is not None:
+            values[path] = flags[flag]
+    if flags.get("lora"):
+        loras = []
+        for spec in flags["lora"]:
+            path, _, strength = spec.rpartition(":") if spec.rpartition(":")[2].replace(".", "", 1).isdigit() else (spec, "", "1")
+            loras.append({"path": path, "strength": float(strength)})
+        values["model.loras"] = loras
+    if flags.get("apg"):
+        values["sampler.apg"] = True
+    if flags.get("bbox"):
+        b = flags["bbox"]
+        values["input.bbox"] = {"person1": b[:4], "person2": b[4:]}
+    if flags.get("no_progress"):
+        values["progress"] = False
+    return groups, values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # Flags and key=value overrides may come in any order: overrides are the leftovers.
+    args, overrides = parser.parse_known_args(argv)
+    bad = [a for a in overrides if a.startswith("-") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are key=value)")
+    args.overrides = overrides
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .models.checkpoint import CheckpointError
+    from .pipeline.audio import AudioError
+    from .pipeline.media import MediaError
 
+    groups, values = _apply_flags(args)
     try:
-        cfg = compose(args.overrides)
-    except Exception as e:  # hydra's override/config errors: one line, no traceback
+        cfg = compose(groups + args.overrides)
+        with open_dict(cfg):
+            for path, value in values.items():
+                OmegaConf.update(cfg, path, value, merge=False)
+    except Exception as e:  # Hydra/OmegaConf override errors: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
     try:
-        {"smoke": smoke}[args.command](cfg)
-    except (CheckpointError, ValueError) as e:
+        COMMANDS[args.command][0](cfg)
+    except (CheckpointError, AudioError, MediaError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

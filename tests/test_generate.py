@@ -1,0 +1,132 @@
+"""The one-window job end to end through the CLI (tiny preset, CPU), and its bad inputs."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infinitetalk_dist.cli import main
+from infinitetalk_dist.pipeline.media import probe, write_mp4
+from infinitetalk_dist.samples import face_image, speech_like, write_demo_inputs
+
+FAST = ["sampler.steps=2", "--no-progress"]
+SHORT_CHUNKS = ["sampler.frame_num=17", "sampler.motion_frame=5"]  # several chunks in little time
+
+
+def _wav(path: Path, samples: np.ndarray, sr: int = 16000) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(np.round(np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _check_mp4(path: Path, frames: int) -> dict:
+    info = probe(path, decode=True)
+    assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert info["frames"] == frames
+    assert abs(info["audio_duration"] - info["video_duration"]) <= 1 / 25 + 1e-6
+    return info
+
+
+def _no_leftovers(folder: Path) -> None:
+    assert [p.name for p in folder.iterdir() if p.suffix in (".mp4", ".part") or p.name.startswith(".")] == []
+
+
+def test_default_job_writes_demo_mp4(tmp_path, capsys):
+    out = tmp_path / "out" / "demo.mp4"
+    assert main(["generate", "-o", str(out), *FAST]) == 0
+    _check_mp4(out, frames=75)  # the 3 s demo track at 25 fps
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_streaming_two_speakers_and_video_source(tmp_path):
+    img = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.fromarray(face_image((120, 200), seed=1)).save(img)
+    a1 = _wav(tmp_path / "a1.wav", speech_like(1.6, seed=1))
+    a2 = _wav(tmp_path / "a2.wav", speech_like(1.2, seed=2))
+    out = tmp_path / "two.mp4"
+    rc = main(["generate", "--image", str(img), "--audio", str(a1), "--audio2", str(a2), "--audio-mode", "add",
+               "-o", str(out), *FAST, *SHORT_CHUNKS])
+    assert rc == 0
+    _check_mp4(out, frames=int((1.6 + 1.2) * 25))
+
+    # V2V from a 30 fps source video: each chunk re-anchored on the source frame.
+    src = tmp_path / "src.mp4"
+    frames = [np.roll(face_image((96, 96), seed=3), 2 * i, axis=1) for i in range(45)]
+    write_mp4(src, frames, fps=30)
+    out = tmp_path / "v2v.mp4"
+    assert main(["generate", "--video", str(src), "--audio", str(a1), "-o", str(out), *FAST, *SHORT_CHUNKS]) == 0
+    _check_mp4(out, frames=40)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo_inputs(tmp_path_factory.mktemp("demo"), seconds=1.0)
+
+
+def _bad(tmp_path, capsys, args, match):
+    out = tmp_path / "bad.mp4"
+    rc = main(["generate", "-o", str(out), *FAST, *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0
+    assert len(err) == 1 and err[0].startswith("error:") and match in err[0], err
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_missing_files(tmp_path, capsys, demo):
+    image, audio = demo
+    _bad(tmp_path, capsys, ["--image", str(tmp_path / "nope.png"), "--audio", str(audio)], "nope.png")
+    _bad(tmp_path, capsys, ["--image", str(image), "--audio", str(tmp_path / "nope.wav")], "nope.wav")
+    _bad(tmp_path, capsys, ["--image", str(image)], "--audio")
+
+
+def test_corrupt_media(tmp_path, capsys, demo):
+    image, audio = demo
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    _bad(tmp_path, capsys, ["--image", str(junk), "--audio", str(audio)], "junk.png")
+    junk_audio = tmp_path / "junk.wav"
+    junk_audio.write_bytes(b"RIFF" + bytes(200))
+    _bad(tmp_path, capsys, ["--image", str(image), "--audio", str(junk_audio)], "junk.wav")
+    empty_video = tmp_path / "empty.mp4"
+    empty_video.write_bytes(b"")
+    _bad(tmp_path, capsys, ["--video", str(empty_video), "--audio", str(audio)], "empty.mp4")
+
+
+def test_silent_or_too_short_audio(tmp_path, capsys, demo):
+    image, _ = demo
+    silent = _wav(tmp_path / "silent.wav", np.zeros(16000))
+    _bad(tmp_path, capsys, ["--image", str(image), "--audio", str(silent)], "silent")
+    blip = _wav(tmp_path / "blip.wav", speech_like(0.02))
+    _bad(tmp_path, capsys, ["--image", str(image), "--audio", str(blip)], "shorter than one")
+
+
+def test_extreme_aspect_ratio(tmp_path, capsys, demo):
+    _, audio = demo
+    from PIL import Image
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((10, 400, 3), np.uint8)).save(strip)
+    _bad(tmp_path, capsys, ["--image", str(strip), "--audio", str(audio)], "aspect")
+
+
+def test_weights_folder_with_missing_shard(tmp_path, capsys, demo):
+    from infinitetalk_dist.models.presets import tiny_preset
+    from infinitetalk_dist.models.weights import dit_shards
+    from tests import tiny_weights as tw
+
+    image, audio = demo
+    root = tmp_path / "weights"
+    p = tiny_preset()
+    tw.write_dit(root, p.dit), tw.write_vae(root, p.vae), tw.write_t5(root, p.t5)
+    tw.write_clip(root, p.clip), tw.write_wav2vec2(root, p.wav2vec2)
+    dit_shards(root / "Wan2.1-I2V-14B-480P")[3].unlink()
+    _bad(tmp_path, capsys, ["--weights", str(root), "--image", str(image), "--audio", str(audio)], "00004-of-00007")
