@@ -6,9 +6,6 @@ Media files are written in the test with PyAV from a deterministic synthetic sig
 from __future__ import annotations
 
 import fractions
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -381,13 +378,28 @@ def test_windowed_long_audio_close():
     assert rel_l2 < 3e-2 and max_rel < 6e-2, (rel_l2, max_rel)
 
 
-def test_module_imports_without_pyav_or_pyloudnorm():
-    code = (
-        "import sys; sys.modules['av'] = None; sys.modules['pyloudnorm'] = None\n"
-        "import infinitetalk_dist.pipeline.audio as A\n"
-        "import runpy; runpy.run_path(sys.argv[1], run_name='not_main')\n"
-        "print(A.DEFAULT_WINDOW_S)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, str(REPO / "benchmarks" / "audio_windows.py")],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
-    assert r.returncode == 0, r.stderr
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """Top-level package names imported at module level and inside functions."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    top, inner = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or "."]
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = ["infinitetalk_dist"]
+            target = top if node in tree.body else inner
+            target.update(n.split(".")[0] for n in names)
+    return top, inner
+
+
+def test_windowing_imports_without_pyav_or_pyloudnorm():
+    # The GPU image has neither: pipeline/audio.py imports them inside the functions that decode
+    # or measure loudness, and the benchmark needs only torch, numpy, transformers and our code.
+    top, _ = _imports(REPO / "infinitetalk_dist" / "pipeline" / "audio.py")
+    assert not top & {"av", "pyloudnorm"}, top
+    top, inner = _imports(REPO / "benchmarks" / "audio_windows.py")
+    allowed = {"__future__", "argparse", "gc", "json", "math", "os", "resource", "subprocess", "sys", "time",
+               "numpy", "torch", "transformers", "infinitetalk_dist"}
+    assert top | inner <= allowed, (top | inner) - allowed

@@ -2,7 +2,7 @@
 
 ``tiny`` is the built-in demo/test preset: every width is small, and the DiT's input widths
 are derived from the tiny encoders so the pieces always fit together. ``14b`` is the real
-model; its wav2vec2 config comes from the downloaded folder.
+model (random builds for benchmarks; loading reads the downloaded folder's configs).
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ TINY_WAV2VEC2 = dict(
 )
 
 
+# chinese-wav2vec2-base is the wav2vec2-base architecture: transformers' Wav2Vec2Config
+# defaults (hidden 768, 12 layers, 512-channel conv encoder). Real runs read the folder's config.
+BASE_WAV2VEC2: dict = {}
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     name: str
@@ -30,7 +35,7 @@ class ModelPreset:
     vae: VAEConfig
     clip: CLIPVisionConfig
     t5: T5Config
-    wav2vec2: dict | None  # None: read from the weights folder
+    wav2vec2: dict  # Wav2Vec2Config fields for random builds
 
 
 def tiny_preset() -> ModelPreset:
@@ -43,7 +48,7 @@ def tiny_preset() -> ModelPreset:
 
 
 def full_preset() -> ModelPreset:
-    return ModelPreset("14b", dit_14b(), wan21_vae(), clip_vit_h14(), umt5_xxl_encoder(), None)
+    return ModelPreset("14b", dit_14b(), wan21_vae(), clip_vit_h14(), umt5_xxl_encoder(), dict(BASE_WAV2VEC2))
 
 
 PRESETS = {"tiny": tiny_preset, "14b": full_preset}

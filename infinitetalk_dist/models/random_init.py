@@ -17,7 +17,8 @@ def randomize_(model: torch.nn.Module, generator: torch.Generator, dtype: torch.
     """Materialise a (possibly meta) model on ``device`` with seeded random weights."""
     model.to_empty(device=device)
     for name, p in model.named_parameters():
-        values = torch.empty(p.shape, dtype=torch.float32)
+        # Drawn where the generator lives (a CUDA generator fills 14B parameters in seconds).
+        values = torch.empty(p.shape, dtype=torch.float32, device=generator.device)
         if p.dim() >= 2:
             fan_in = math.prod(p.shape[1:])
             values.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
@@ -32,7 +33,7 @@ def randomize_(model: torch.nn.Module, generator: torch.Generator, dtype: torch.
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def seeded(seed: int) -> torch.Generator:
-    g = torch.Generator(device="cpu")
+def seeded(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
