@@ -25,6 +25,11 @@ class Models:
     t5: UMT5Encoder
     wav2vec2: AudioEncoder
 
+    @property
+    def dit_dtype(self) -> torch.dtype:
+        """The DiT's compute dtype (its parameters may be sharded DTensors)."""
+        return next(self.dit.parameters()).dtype
+
 
 def random_models(name: str, seed: int, dtype: torch.dtype, device: str | torch.device,
                   *, skip: tuple[str, ...] = (), generator_device: str | torch.device = "cpu") -> Models:

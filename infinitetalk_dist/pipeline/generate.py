@@ -119,13 +119,30 @@ def window_settings(cfg: DictConfig, size: str, frames: int) -> WindowSettings:
     )
 
 
-def generate(cfg: DictConfig) -> WrittenVideo:
-    """Render the job described by ``cfg`` (see ``conf/config.yaml``) to ``cfg.output``."""
+@dataclass
+class Runtime:
+    """How this process takes part in a job: models, the DiT's branch prediction, writing.
+
+    Single process: the defaults. A multi-process replica (``launch/torchrun.py``) supplies
+    sharded models, a CFG-parallel/batched ``predict`` and ``writer`` only on rank 0.
+    """
+
+    models: Models | None = None
+    predict: object = None  # Components.predict
+    writer: bool = True
+
+
+def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | None:
+    """Render the job described by ``cfg`` (see ``conf/config.yaml``) to ``cfg.output``.
+
+    Returns what was written, or None on a process that does not write (``runtime.writer``).
+    """
+    runtime = runtime or Runtime()
     output = Path(cfg.output)
     if output.suffix.lower() != ".mp4":
         raise InputError(f"output must be an .mp4 file, got {output}")
     src = resolve_sources(cfg, output)
-    models = build_models(cfg)
+    models = runtime.models or build_models(cfg)
     device = torch.device(cfg.device)
 
     size = cfg.size if cfg.size != "auto" else ("tiny" if models.preset.name == "tiny" else "480")
@@ -140,7 +157,7 @@ def generate(cfg: DictConfig) -> WrittenVideo:
     with torch.inference_mode():
         audio = [audio_features(track, models.wav2vec2, device=device) for track in src.audio.tracks]
         prompts = PromptEncoder(models.t5, _tokenizer(cfg, models))
-        dtype = next(models.dit.parameters()).dtype
+        dtype = models.dit_dtype
         inputs = WindowInputs(
             reference_frame=reference_frame,
             audio=[a.to(dtype) for a in audio],
@@ -151,9 +168,11 @@ def generate(cfg: DictConfig) -> WrittenVideo:
                 speakers=len(audio), bboxes=_bboxes(cfg.input.bbox)).to(device),
         )
         settings = window_settings(cfg, size, src.frames)
-        components = components_from_models(models.dit, models.vae, _clip_at(models, device))
-        with _progress_bar(cfg.progress) as report:
+        components = components_from_models(models.dit, models.vae, _clip_at(models, device), runtime.predict)
+        with _progress_bar(cfg.progress and runtime.writer) as report:
             video = generate_window(components, inputs, settings, device=device, progress=report)
+    if not runtime.writer:
+        return None
     video = video[:, : src.frames]
     return write_mp4(output, to_uint8_frames(video), fps=FPS, audio=src.mix_original,
                      audio_sr=48000 if isinstance(src.mix_original, np.ndarray) else None)

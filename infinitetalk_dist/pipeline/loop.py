@@ -50,15 +50,20 @@ class Components:
     vae_encode: Callable[[torch.Tensor], torch.Tensor]
     vae_decode: Callable[[torch.Tensor], torch.Tensor]
     clip: Callable[[torch.Tensor], torch.Tensor]
+    # Optional: all guidance branches of a step at once (a list of dit keyword dicts in the
+    # reference's order -> their velocities), e.g. one batched forward or CFG-parallel ranks.
+    # Without it the loop calls ``dit`` once per branch.
+    predict: Callable[[list[dict]], list[torch.Tensor]] | None = None
 
 
-def components_from_models(dit, vae, clip) -> Components:
-    """:class:`Components` over our real ``InfiniteTalkDiT``, ``WanVAE`` and ``CLIPVisionEncoder``."""
+def components_from_models(dit, vae, clip, predict=None) -> Components:
+    """:class:`Components` over our real ``InfiniteTalkDiT``, ``WanVAE`` and ``CLIPVisionEncoder``
+    (``predict``: an optional all-branches-at-once DiT call, see :class:`Components`)."""
 
     def run_dit(x, t, context, clip_fea, y, audio, ref_target_masks):
         return dit(x, t, context, clip_fea, y, audio, ref_target_masks=ref_target_masks)
 
-    return Components(dit=run_dit, vae_encode=vae.encode, vae_decode=vae.decode, clip=clip)
+    return Components(dit=run_dit, vae_encode=vae.encode, vae_decode=vae.decode, clip=clip, predict=predict)
 
 
 @dataclass
@@ -253,7 +258,7 @@ class _ChunkSampler:
 
     def __init__(self, components: Components, inputs: WindowInputs, s: WindowSettings,
                  generator: torch.Generator, device: torch.device):
-        self.dit = components.dit
+        self.dit, self.predict = components.dit, components.predict
         self.s = s
         self.generator = generator
         self.device = device
@@ -272,6 +277,13 @@ class _ChunkSampler:
             "uncond": (self.context_null, silent),
             "drop_audio": (self.context, silent),
         }
+
+    def _predict(self, latent, t, chunk: _Chunk, args) -> dict[str, torch.Tensor]:
+        """Every guidance branch's velocity, in the reference's branch order."""
+        calls = [dict(x=latent, t=t, context=args[b][0], clip_fea=chunk.clip_fea, y=chunk.y, audio=args[b][1],
+                      ref_target_masks=self.masks) for b in self.branches]
+        outs = self.predict(calls) if self.predict is not None else [self.dit(**c) for c in calls]
+        return dict(zip(self.branches, outs))
 
     def _burn_noise(self, like: torch.Tensor) -> None:
         # The reference injects noised motion latents before the first step and after each
@@ -294,9 +306,7 @@ class _ChunkSampler:
         for i in range(s.steps):
             t, t_next = ts[i : i + 1], ts[i + 1 : i + 2]
             latent[:, :, :n_motion] = motion
-            # One DiT call per guidance branch, in the reference's order.
-            preds = {b: self.dit(latent, t, args[b][0], chunk.clip_fea, chunk.y, args[b][1], self.masks)
-                     for b in self.branches}
+            preds = self._predict(latent, t, chunk, args)
             velocity = combine_guidance(preds, s.text_scale, s.audio_scale, apg)
             latent = euler_step(latent, velocity, t, t_next, s.num_timesteps)
             if not first:
