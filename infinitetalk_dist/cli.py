@@ -181,7 +181,10 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
     return groups, values
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
+    """Parse, compose the config and run a command (``commands`` overrides the runners,
+    e.g. the torchrun entry's replica-wide ``generate``)."""
+    runners = {name: fn for name, (fn, _) in COMMANDS.items()} | (commands or {})
     parser = _parser()
     # Flags and key=value overrides may come in any order: overrides are the leftovers.
     args, overrides = parser.parse_known_args(argv)
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     try:
-        COMMANDS[args.command][0](cfg)
+        runners[args.command](cfg)
     except (CheckpointError, AudioError, MediaError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -238,11 +238,17 @@ def write_demo_inputs(folder: str | os.PathLike, *, seed: int = 0, seconds: floa
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     image_path, audio_path = folder / "face.png", folder / "speech.wav"
-    Image.fromarray(face_image(size, seed)).save(image_path, format="PNG")
+    # Each file is written under a unique temp name and renamed: processes of one replica may
+    # write the same (identical) demo inputs at once.
+    tmp = folder / f".face.{os.getpid()}.png"
+    Image.fromarray(face_image(size, seed)).save(tmp, format="PNG")
+    os.replace(tmp, image_path)
     pcm = np.round(np.clip(speech_like(seconds, sr, seed), -1, 1) * 32767).astype("<i2")
-    with wave.open(str(audio_path), "wb") as wf:
+    tmp = folder / f".speech.{os.getpid()}.wav"
+    with wave.open(str(tmp), "wb") as wf:
         wf.setnchannels(1)
         wf.setsampwidth(2)
         wf.setframerate(sr)
         wf.writeframes(pcm.tobytes())
+    os.replace(tmp, audio_path)
     return image_path, audio_path

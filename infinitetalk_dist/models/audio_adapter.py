@@ -137,15 +137,18 @@ class AudioCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, audio: torch.Tensor, layout: TokenLayout,
                 ref_map: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, dim]; audio [B, frames, tokens, audio_dim] (two speakers: speaker 1's tokens,
-        then speaker 2's); ``ref_map`` [B, 3, count] (two speakers only) switches on L-RoPE.
-        Padding tokens get a zero update."""
+        """x [B, L, dim] (the slice ``layout`` of the sequence); audio [B, frames, tokens, audio_dim]
+        (two speakers: speaker 1's tokens, then speaker 2's); ``ref_map`` [B, 3, total], the
+        WHOLE real sequence's map (two speakers only), switches on L-RoPE: positions are
+        min-max scaled over all tokens, then this slice's are taken. Padding tokens get a zero
+        update."""
         b, n = x.shape[0], layout.count
         q = self.q_linear(x[:, :n]).unflatten(-1, (self.num_heads, -1))
         k, v = self.kv_linear(audio).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)
         if ref_map is not None:
             head_dim = q.shape[-1]
-            q = apply_rope(q, rope_1d(speaker_positions(ref_map), head_dim))
+            positions = speaker_positions(ref_map)[:, layout.start : layout.start + n]
+            q = apply_rope(q, rope_1d(positions, head_dim))
             k = apply_rope(k, rope_1d(speaker_key_positions(k.shape[2], k.device), head_dim))
         first, frames = layout.frame_range()
         k, v = (t[:, first : first + frames].flatten(0, 1) for t in (k, v))

@@ -55,18 +55,20 @@ def random_models(name: str, seed: int, dtype: torch.dtype, device: str | torch.
                   make("t5", UMT5Encoder, preset.t5, 4), make("wav2vec2", AudioEncoder, preset.wav2vec2, 5))
 
 def load_models(weights: str | Path, *, variant: str = "single", dtype: torch.dtype = torch.bfloat16,
-                device: str | torch.device = "cpu", loras=(), attn_backend: str | None = None) -> Models:
+                device: str | torch.device = "cpu", loras=(), attn_backend: str | None = None,
+                skip: tuple[str, ...] = ()) -> Models:
     """The real models from an official weights folder (VAE and CLIP stay fp32, as the reference)."""
     from . import weights as W
 
     lay = W.WeightsLayout(Path(weights), variant)
     lay.check()
     preset = PRESETS["14b"]()
-    return Models(
-        preset,
-        W.load_dit(lay.wan, lay.infinitetalk, dtype=dtype, device=device, loras=loras, attn_backend=attn_backend),
-        W.load_vae(lay.vae, device=device),
-        W.load_clip(lay.clip, device=device),
-        W.load_t5(lay.t5, dtype=dtype, device=device),
-        W.load_wav2vec2(lay.wav2vec2, device=device),
-    )
+    loaders = {
+        "dit": lambda: W.load_dit(lay.wan, lay.infinitetalk, dtype=dtype, device=device, loras=loras,
+                                  attn_backend=attn_backend),
+        "vae": lambda: W.load_vae(lay.vae, device=device),
+        "clip": lambda: W.load_clip(lay.clip, device=device),
+        "t5": lambda: W.load_t5(lay.t5, dtype=dtype, device=device),
+        "wav2vec2": lambda: W.load_wav2vec2(lay.wav2vec2, device=device),
+    }
+    return Models(preset, **{name: None if name in skip else load() for name, load in loaders.items()})

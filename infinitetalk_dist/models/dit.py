@@ -10,8 +10,12 @@ Differences from the reference, all without numerical effect on real tokens:
 - the two-speaker attention map is only computed for two speakers;
 - RoPE in float32 (the reference uses float64).
 
-The self-attention's full-sequence softmax is one call through ``self_attn.attn_core`` so a
-sequence-parallel layer can wrap it (e.g. Ulysses all-to-all) without touching this file.
+Seams for a parallel layer applied from outside (``infinitetalk_dist.parallel``), all of them
+identities here: the self-attention's full-sequence softmax is one call through
+``self_attn.attn_core`` (Ulysses wraps it in all-to-alls); ``model.sequence``
+(:class:`WholeSequence`) picks the token slice a process runs and gathers the head output;
+``self_attn.speaker_map`` (:class:`SpeakerMap`) finds the first-frame keys and the
+whole-sequence two-speaker map. This file imports nothing of torch.distributed.
 """
 
 from __future__ import annotations
@@ -153,6 +157,53 @@ class AttentionCore(nn.Module):
         return attention(q, k, v, k_lens=k_lens, backend=self.backend)
 
 
+class SpeakerMap(nn.Module):
+    """The two-speaker attention map of the WHOLE real sequence, [B, 3, total].
+
+    This process's queries (its slice of the sequence) attend to the first latent frame's
+    keys; L-RoPE then min-max scales the map over all real tokens, so the map a block hands on
+    covers the whole sequence. Both steps that need tokens outside the slice are methods a
+    sequence-parallel layer overrides (:meth:`first_frame_keys`, :meth:`whole`); here, in one
+    process, the slice must be the whole sequence.
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, masks: torch.Tensor, layout: TokenLayout,
+                backend: str | None = None) -> torch.Tensor:
+        local = speaker_attention_map(q[:, : layout.count], self.first_frame_keys(k, layout), masks, backend)
+        return self.whole(local, layout)
+
+    def first_frame_keys(self, k: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """Rotated keys of latent frame 0 [B, frame_tokens, H, D] from this slice's keys."""
+        self._need_whole(layout)
+        return k[:, : layout.frame_tokens]
+
+    def whole(self, local_map: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """This slice's map [B, 3, count] -> the whole sequence's [B, 3, total]."""
+        self._need_whole(layout)
+        return local_map
+
+    @staticmethod
+    def _need_whole(layout: TokenLayout) -> None:
+        if not layout.whole:
+            raise ValueError("the two-speaker map needs the whole sequence (first-frame keys, global min/max): "
+                             "a sequence shard must swap in a gathering SpeakerMap (infinitetalk_dist.parallel)")
+
+
+class WholeSequence(nn.Module):
+    """Which tokens of the (padded) sequence this process runs through the blocks: all of them.
+
+    A sequence-parallel layer swaps ``model.sequence`` for one that pads to a multiple of its
+    size, returns this rank's slice and gathers the head output of every slice.
+    """
+
+    def layout(self, grid: tuple[int, int, int], seq_len: int | None) -> TokenLayout:
+        return TokenLayout(grid, seq_len or math.prod(grid))
+
+    def gather(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """Head output of this slice [B, layout.length, C] -> of the whole sequence [B, seq_len, C]."""
+        return x
+
+
 class _QKVO(nn.Module):
     """q/k/v/o projections with optional RMS q/k norms (the reference's parameter names)."""
 
@@ -171,10 +222,12 @@ class SelfAttention(_QKVO):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, backend: str | None = None):
         super().__init__(dim, num_heads, qk_norm, eps)
         self.attn_core = AttentionCore(backend)
+        self.speaker_map = SpeakerMap()
 
     def forward(self, x: torch.Tensor, layout: TokenLayout, rope: Rope,
                 speaker_masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (output, two-speaker attention map [B, 3, count] or None without ``speaker_masks``)."""
+        """Returns (output, the whole sequence's two-speaker attention map [B, 3, total] or None
+        without ``speaker_masks``)."""
         n = self.num_heads
         q = apply_rope(_heads(self.norm_q(self.q(x)), n), rope)
         k = apply_rope(_heads(self.norm_k(self.k(x)), n), rope)
@@ -182,12 +235,7 @@ class SelfAttention(_QKVO):
         out = self.o(self.attn_core(q, k, v, layout.key_lens()).flatten(2))
         if speaker_masks is None:
             return out, None
-        if not layout.whole:
-            raise ValueError("the two-speaker map needs the whole sequence (first-frame keys, global min/max); "
-                             "gather the sequence before calling it")
-        ref_map = speaker_attention_map(q[:, : layout.count], k[:, : layout.frame_tokens], speaker_masks,
-                                        self.attn_core.backend)
-        return out, ref_map
+        return out, self.speaker_map(q, k, speaker_masks, layout, self.attn_core.backend)
 
 
 class CrossAttention(_QKVO):
@@ -282,6 +330,7 @@ class InfiniteTalkDiT(nn.Module):
                                             Float32Linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), Float32Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
+        self.sequence = WholeSequence()
         self.head = Head(cfg.dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         self.img_emb = MLPProj(cfg.clip_dim, cfg.dim)
         self.audio_proj = AudioProjector(
@@ -324,8 +373,8 @@ class InfiniteTalkDiT(nn.Module):
                 with F = 1 + vae_scale * (T - 1) video frames; 1 or 2 speakers.
             ref_target_masks: two speakers only: class masks [3, H', W'] or [B, 3, H', W']
                 (speaker 1, speaker 2, background) on any grid; resized to the token grid.
-            seq_len: pad the token sequence to this length (e.g. a multiple of the
-                sequence-parallel size); the output is unaffected.
+            seq_len: pad the token sequence to this length; the output is unaffected.
+                (A sequence-parallel ``model.sequence`` rounds it up to a multiple of its size.)
 
         Returns:
             [B, out_dim, T, H, W] float32.
@@ -337,8 +386,8 @@ class InfiniteTalkDiT(nn.Module):
         x = self.patch_embedding(torch.cat([x, y], dim=1).to(dtype))
         grid = tuple(x.shape[2:])
         x = x.flatten(2).transpose(1, 2)
-        layout = TokenLayout(grid, seq_len or x.shape[1])
-        x = F.pad(x, (0, 0, 0, layout.seq_len - x.shape[1]))
+        layout = self.sequence.layout(grid, seq_len)  # the slice of the padded sequence run here
+        x = F.pad(x, (0, 0, 0, layout.seq_len - x.shape[1]))[:, layout.start : layout.end]
         rope = rope_3d(layout.positions(x.device), cfg.head_dim)
 
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t.reshape(-1).expand(batch)))
@@ -360,7 +409,7 @@ class InfiniteTalkDiT(nn.Module):
             x = block(x, e0=e0, context=context, audio=audio_tokens, layout=layout, rope=rope,
                       speaker_masks=speaker_masks)
 
-        return self.unpatchify(self.head(x, e), grid)
+        return self.unpatchify(self.sequence.gather(self.head(x, e), layout), grid)
 
     def embed_audio(self, audio: torch.Tensor, frames: int) -> torch.Tensor:
         """[B, speakers, F, window, blocks, channels] -> per latent frame audio tokens

@@ -117,6 +117,8 @@ class TokenLayout:
     def _frame_span(self) -> tuple[int, int, int]:
         """(first frame, number of frames, tokens of the first frame before this slice)."""
         s = self.frame_tokens
+        if self.count == 0:  # a slice of padding only (a sequence shard past the real tokens)
+            return min(self.start // s, self.grid[0]), 0, 0
         lead = self.start % s
         return self.start // s, -(-(lead + self.count) // s), lead
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.wav2vec2 import num_video_frames
+from infinitetalk_dist.parallel import ParallelState, predict_branches
 
 from .audio import SpeakerAudio, audio_features, load_audio, prepare_audio, prepare_speakers
 from .conditioning import image_to_tensor, pick_bucket, speaker_masks
@@ -86,14 +87,16 @@ def _dtype(name: str) -> torch.dtype:
     return table[name]
 
 
-def build_models(cfg: DictConfig) -> Models:
+def build_models(cfg: DictConfig, skip: tuple[str, ...] = ()) -> Models:
+    """The preset's models (``skip``: names left as None, e.g. a DiT loaded sharded elsewhere)."""
     device, dtype = torch.device(cfg.device), _dtype(cfg.dtype)
     if cfg.model.weights:
         loras = [(lo.path, float(lo.strength)) for lo in cfg.model.get("loras", [])]
         return load_models(cfg.model.weights, variant=cfg.model.variant, dtype=dtype, device=device,
-                           loras=loras, attn_backend=cfg.attention)
-    models = random_models(cfg.model.preset, cfg.seed, dtype, device)
-    models.dit.set_attn_backend(cfg.attention)
+                           loras=loras, attn_backend=cfg.attention, skip=skip)
+    models = random_models(cfg.model.preset, cfg.seed, dtype, device, skip=skip)
+    if models.dit is not None:
+        models.dit.set_attn_backend(cfg.attention)
     return models
 
 
@@ -128,7 +131,7 @@ class Runtime:
     """
 
     models: Models | None = None
-    predict: object = None  # Components.predict
+    predict: object = None  # Components.predict; None: one batched forward per step
     writer: bool = True
 
 
@@ -144,6 +147,8 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
     src = resolve_sources(cfg, output)
     models = runtime.models or build_models(cfg)
     device = torch.device(cfg.device)
+    # One process: the guidance branches of a step run as one batched forward.
+    predict = runtime.predict or (lambda branches: predict_branches(models.dit, branches, ParallelState.single(device)))
 
     size = cfg.size if cfg.size != "auto" else ("tiny" if models.preset.name == "tiny" else "480")
     height, width = pick_bucket(src.picture.height, src.picture.width, size)
@@ -168,7 +173,7 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
                 speakers=len(audio), bboxes=_bboxes(cfg.input.bbox)).to(device),
         )
         settings = window_settings(cfg, size, src.frames)
-        components = components_from_models(models.dit, models.vae, _clip_at(models, device), runtime.predict)
+        components = components_from_models(models.dit, models.vae, _clip_at(models, device), predict)
         with _progress_bar(cfg.progress and runtime.writer) as report:
             video = generate_window(components, inputs, settings, device=device, progress=report)
     if not runtime.writer:

@@ -1,0 +1,100 @@
+"""One window on one replica of N processes: ``torchrun --nproc_per_node N -m infinitetalk_dist.launch.torchrun generate ...``.
+
+Same flags and config as ``infinitetalk-dist generate``; ``parallel.cfg`` ranks split the
+guidance branches, the rest is Ulysses sequence parallelism (sp = N / cfg), and the DiT is
+FSDP2-sharded over all N ranks (``parallel.fsdp``). Every rank runs the whole window on the
+same inputs (the encoders are small and replicated); only rank 0 writes the MP4. A failure
+on any rank is logged with its rank and ends the job with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+from infinitetalk_dist import cli
+from infinitetalk_dist.parallel import ParallelState, init_distributed, load_sharded_dit, parallelize_dit, predict_branches
+
+log = logging.getLogger("infinitetalk_dist.launch")
+
+
+def replica_runtime(cfg: DictConfig, state: ParallelState):
+    """This rank's models (DiT parallelised) and the CFG-parallel branch prediction."""
+    from infinitetalk_dist.pipeline.generate import Runtime, build_models
+
+    if cfg.model.weights:
+        from dataclasses import replace
+        from pathlib import Path
+
+        from infinitetalk_dist.models.weights import WeightsLayout
+
+        lay = WeightsLayout(Path(cfg.model.weights), cfg.model.variant)
+        loras = [(lo.path, float(lo.strength)) for lo in cfg.model.get("loras", [])]
+        dit = load_sharded_dit(lay.wan, lay.infinitetalk, state, dtype=cli_dtype(cfg), loras=loras,
+                               attn_backend=cfg.attention, fsdp=cfg.parallel.fsdp)
+        models = replace(build_models(cfg, skip=("dit",)), dit=dit)
+    else:  # the tiny preset: the same seeded weights on every rank, then parallelised
+        models = build_models(cfg)
+        parallelize_dit(models.dit, state, fsdp=cfg.parallel.fsdp)
+    return Runtime(models=models, predict=lambda branches: predict_branches(models.dit, branches, state),
+                   writer=state.rank == 0)
+
+
+def cli_dtype(cfg: DictConfig) -> torch.dtype:
+    from infinitetalk_dist.pipeline.generate import _dtype
+
+    return _dtype(cfg.dtype)
+
+
+def generate(cfg: DictConfig) -> None:
+    from infinitetalk_dist.pipeline.generate import generate as run
+
+    device = init_distributed()
+    rank = dist.get_rank()
+    try:
+        with _on_device(cfg, device):
+            state = ParallelState.create(cfg=cfg.parallel.cfg, device=device)
+            log.info("rank %d: %s", rank, state)
+            info = run(cfg, replica_runtime(cfg, state))
+        if info is not None:
+            print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s) on {state.world_size} ranks "
+                  f"(cfg {state.cfg_size} x sp {state.sp_size})")
+        dist.barrier()
+    except BaseException:
+        # Every rank reports its own failure (a peer's "connection reset" is often the first seen).
+        print(f"[rank {rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+class _on_device:
+    """Point cfg.device at this rank's device (cuda:LOCAL_RANK under NCCL)."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            self.cfg.device = str(self.device)
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "generate":
+        print("usage: torchrun --nproc_per_node N -m infinitetalk_dist.launch.torchrun generate [flags] "
+              "[key=value ...]", file=sys.stderr)
+        return 2
+    return cli.main(argv, commands={"generate": generate})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
