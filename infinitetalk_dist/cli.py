@@ -39,6 +39,7 @@ GENERATE_FLAGS = {
     "--motion-frames": ("sampler.motion_frame", int, "frames carried between chunks"),
     "--max-frames": ("sampler.max_frames", int, "stop after this many frames"),
     "--color-correction": ("sampler.color_correction", float, "0..1 colour matching to the reference"),
+    "--teacache-thresh": ("sampler.teacache_thresh", float, "TeaCache threshold (higher skips more)"),
     "--attention": ("attention", str, "sdpa, cudnn, flash3 or sage"),
 }
 
@@ -144,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="sampler preset: 40-step default, 4-step lightx2v, 8-step FusionX")
             p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]", help="merge a LoRA (repeatable)")
             p.add_argument("--apg", action="store_true", help="adaptive projected guidance")
+            p.add_argument("--teacache", action="store_true", help="TeaCache: skip DiT blocks on similar steps")
             p.add_argument("--bbox", nargs=8, type=float, metavar="N",
                            help="two speakers: x0 y0 x1 y1 of person 1 then of person 2 (x = rows)")
             p.add_argument("-o", dest="--output", metavar="OUT", help="output MP4 (same as --output)")
@@ -173,6 +175,8 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
         values["model.loras"] = loras
     if flags.get("apg"):
         values["sampler.apg"] = True
+    if flags.get("teacache"):
+        values["sampler.teacache"] = True
     if flags.get("bbox"):
         b = flags["bbox"]
         values["input.bbox"] = {"person1": b[:4], "person2": b[4:]}

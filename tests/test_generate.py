@@ -42,6 +42,14 @@ def test_default_job_writes_demo_mp4(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_teacache_option(tmp_path, caplog):
+    out = tmp_path / "tea.mp4"
+    with caplog.at_level("INFO"):
+        assert main(["generate", "-o", str(out), "--teacache", "sampler.steps=8", "--no-progress"]) == 0
+    _check_mp4(out, frames=75)
+    assert "TeaCache: skipped the blocks on" in caplog.text
+
+
 def test_streaming_two_speakers_and_video_source(tmp_path):
     img = tmp_path / "face.png"
     from PIL import Image

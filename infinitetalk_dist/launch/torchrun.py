@@ -25,6 +25,8 @@ log = logging.getLogger("infinitetalk_dist.launch")
 
 def replica_runtime(cfg: DictConfig, state: ParallelState):
     """This rank's models (DiT parallelised) and the CFG-parallel branch prediction."""
+    if cfg.sampler.teacache and cfg.parallel.cfg > 1:
+        raise ValueError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
     from infinitetalk_dist.pipeline.generate import Runtime, build_models
 
     if cfg.model.weights:

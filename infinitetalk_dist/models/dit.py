@@ -204,6 +204,14 @@ class WholeSequence(nn.Module):
         return x
 
 
+class RunAllBlocks(nn.Module):
+    """Runs the blocks on every call. A step cache (TeaCache, ``pipeline/teacache.py``) is
+    swapped in as ``model.block_cache`` to reuse a previous call's block residual instead."""
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, run_blocks) -> torch.Tensor:
+        return run_blocks(x)
+
+
 class _QKVO(nn.Module):
     """q/k/v/o projections with optional RMS q/k norms (the reference's parameter names)."""
 
@@ -331,6 +339,7 @@ class InfiniteTalkDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), Float32Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.sequence = WholeSequence()
+        self.block_cache = RunAllBlocks()
         self.head = Head(cfg.dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         self.img_emb = MLPProj(cfg.clip_dim, cfg.dim)
         self.audio_proj = AudioProjector(
@@ -405,10 +414,13 @@ class InfiniteTalkDiT(nn.Module):
         elif audio.shape[1] != 1:
             raise ValueError(f"1 or 2 speakers are supported, got {audio.shape[1]}")
 
-        for block in self.blocks:
-            x = block(x, e0=e0, context=context, audio=audio_tokens, layout=layout, rope=rope,
-                      speaker_masks=speaker_masks)
+        def run_blocks(x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x, e0=e0, context=context, audio=audio_tokens, layout=layout, rope=rope,
+                          speaker_masks=speaker_masks)
+            return x
 
+        x = self.block_cache(x, e0, run_blocks)
         return self.unpatchify(self.sequence.gather(self.head(x, e), layout), grid)
 
     def embed_audio(self, audio: torch.Tensor, frames: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ file behind; the MP4 is written atomically by :func:`media.write_mp4`.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .audio import SpeakerAudio, audio_features, load_audio, prepare_audio, prep
 from .conditioning import image_to_tensor, pick_bucket, speaker_masks
 from .loop import StepProgress, WindowInputs, WindowSettings, components_from_models, generate_window
 from .media import MediaError, VideoSource, WrittenVideo, read_image, to_uint8_frames, write_mp4
+from .sampler import guidance_branches
+from .teacache import teacache_on
 from .text import DEFAULT_NEGATIVE_PROMPT, ByteTokenizer, HFTokenizer, PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -147,8 +150,11 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
     src = resolve_sources(cfg, output)
     models = runtime.models or build_models(cfg)
     device = torch.device(cfg.device)
-    # One process: the guidance branches of a step run as one batched forward.
+    # One process: the guidance branches of a step run as one batched forward. TeaCache keeps
+    # one residual per branch, so it calls the DiT once per branch (predict None).
     predict = runtime.predict or (lambda branches: predict_branches(models.dit, branches, ParallelState.single(device)))
+    if cfg.sampler.teacache:
+        predict = None
 
     size = cfg.size if cfg.size != "auto" else ("tiny" if models.preset.name == "tiny" else "480")
     height, width = pick_bucket(src.picture.height, src.picture.width, size)
@@ -174,8 +180,12 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
         )
         settings = window_settings(cfg, size, src.frames)
         components = components_from_models(models.dit, models.vae, _clip_at(models, device), predict)
-        with _progress_bar(cfg.progress and runtime.writer) as report:
+        cache = (teacache_on(models.dit, settings.steps, len(guidance_branches(settings.text_scale)),
+                             cfg.sampler.teacache_thresh, size) if cfg.sampler.teacache else nullcontext())
+        with _progress_bar(cfg.progress and runtime.writer) as report, cache as tea:
             video = generate_window(components, inputs, settings, device=device, progress=report)
+        if tea is not None:
+            log.info("TeaCache: skipped the blocks on %d of %d DiT calls", tea.skipped, tea.skipped + tea.computed)
     if not runtime.writer:
         return None
     video = video[:, : src.frames]

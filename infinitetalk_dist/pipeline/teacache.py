@@ -15,9 +15,11 @@ two-pass mode), and the state lives in this object (one per window), not on the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 # Rescaling polynomials of the reference (use_ret_steps=True), by size bucket.
 COEFFICIENTS = {
@@ -27,13 +29,15 @@ COEFFICIENTS = {
 RET_STEPS = 5  # always computed at the start of each chunk
 
 
-class TeaCache:
+class TeaCache(nn.Module):
     """A ``block_cache`` for :class:`~infinitetalk_dist.models.dit.InfiniteTalkDiT`.
 
-    ``model.block_cache = TeaCache(...)``; the model calls ``cache(x, e0, run_blocks)``.
+    Use :func:`teacache_on` (installs it for one window); the model calls
+    ``cache(x, e0, run_blocks)`` once per DiT call, one call per guidance branch in order.
     """
 
     def __init__(self, steps: int, branches: int, threshold: float = 0.2, size: str = "480"):
+        super().__init__()
         self.steps, self.branches, self.threshold = steps, branches, threshold
         self.rescale = np.poly1d(COEFFICIENTS["720" if size == "720" else "480"])
         self.skipped = self.computed = 0
@@ -45,7 +49,7 @@ class TeaCache:
         self.previous_e0: list[torch.Tensor | None] = [None] * self.branches
         self.residual: list[torch.Tensor | None] = [None] * self.branches
 
-    def __call__(self, x: torch.Tensor, e0: torch.Tensor, run_blocks: Callable[[torch.Tensor], torch.Tensor]):
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, run_blocks: Callable[[torch.Tensor], torch.Tensor]):
         if self.count >= self.steps * self.branches:
             self._reset()  # a new chunk
         call, branch = self.count, self.count % self.branches
@@ -67,3 +71,14 @@ class TeaCache:
         out = run_blocks(x)
         self.residual[branch] = out - x
         return out
+
+
+@contextmanager
+def teacache_on(model: nn.Module, steps: int, branches: int, threshold: float, size: str):
+    """Install a fresh :class:`TeaCache` as ``model.block_cache`` for one window, then restore."""
+    previous = model.block_cache
+    model.block_cache = cache = TeaCache(steps, branches, threshold, size)
+    try:
+        yield cache
+    finally:
+        model.block_cache = previous
