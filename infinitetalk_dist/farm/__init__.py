@@ -1,0 +1,1 @@
+"""The render farm: plan windows, store them, stitch them (DESIGN.md section 7)."""

@@ -1,0 +1,98 @@
+"""Where a long job may be split for free: hard shot cuts (PySceneDetect) and speech pauses (silero-vad).
+
+Both return plain, deterministic lists; :mod:`.plan` turns them into windows. scenedetect and
+silero-vad are imported inside the functions, so the planner itself needs neither.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["SAMPLE_RATE", "shot_cuts", "speech_pauses"]
+
+SAMPLE_RATE = 16000
+
+
+def shot_cuts(
+    video_path: str | os.PathLike,
+    fps_out: float = 25,
+    threshold: float = 27.0,
+    *,
+    min_scene_s: float = 0.5,
+    backend: str = "pyav",
+) -> list[int]:
+    """Output-frame indices (``fps_out`` timeline) where a hard cut starts a new shot.
+
+    PySceneDetect's ContentDetector (HSV-difference ``threshold``, its default 27) on the source
+    video, at the source frame rate; each cut's time is mapped to the nearest output frame. Cuts
+    at frame 0 or duplicates after rounding are dropped; the result is sorted.
+    """
+    from scenedetect import ContentDetector, SceneManager, open_video
+
+    if not os.path.isfile(video_path):
+        raise ValueError(f"shot_cuts: no such video file: {os.fspath(video_path)!r}")
+    if fps_out <= 0:
+        raise ValueError(f"shot_cuts: fps_out must be > 0, got {fps_out}")
+    video = open_video(os.fspath(video_path), backend=backend)
+    min_len = max(1, int(round(min_scene_s * float(video.frame_rate))))
+    manager = SceneManager()
+    manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=min_len))
+    manager.detect_scenes(video=video)
+    cuts = {int(round(_seconds(tc) * fps_out)) for tc in manager.get_cut_list(show_warning=False)}
+    return sorted(c for c in cuts if c > 0)
+
+
+_MODEL = None
+
+
+def _vad_model():
+    global _MODEL
+    if _MODEL is None:
+        from silero_vad import load_silero_vad
+
+        _MODEL = load_silero_vad()  # bundled weights: no network
+    return _MODEL
+
+
+def speech_pauses(
+    wave_16k: np.ndarray, min_pause_s: float = 0.3, *, threshold: float = 0.5
+) -> list[tuple[float, float]]:
+    """Silent intervals ``(start_s, end_s)`` at least ``min_pause_s`` long: the complement of
+    silero-vad's speech segments over ``[0, len/16000]`` (leading/trailing silence included).
+
+    Deterministic: silero-vad runs on CPU in fixed 512-sample chunks from a reset state, and
+    times come from its sample indices (rounded to 1 ms).
+    """
+    import torch
+    from silero_vad import get_speech_timestamps
+
+    w = np.asarray(wave_16k)
+    if w.ndim != 1:
+        raise ValueError(f"speech_pauses: expected a mono 1-D waveform, got shape {w.shape}")
+    if min_pause_s < 0:
+        raise ValueError(f"speech_pauses: min_pause_s must be >= 0, got {min_pause_s}")
+    n = len(w)
+    if n == 0:
+        return []
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError("speech_pauses: waveform contains NaN or inf")
+    with torch.no_grad():
+        speech = get_speech_timestamps(
+            torch.from_numpy(w), _vad_model(), threshold=threshold, sampling_rate=SAMPLE_RATE
+        )
+    pauses, prev = [], 0
+    for seg in speech + [{"start": n, "end": n}]:
+        s, e = int(seg["start"]), int(seg["end"])
+        if s - prev >= min_pause_s * SAMPLE_RATE and s > prev:
+            pauses.append((round(prev / SAMPLE_RATE, 3), round(s / SAMPLE_RATE, 3)))
+        prev = max(prev, e)
+    return pauses
+
+
+def _seconds(timecode) -> float:
+    """A PySceneDetect FrameTimecode in seconds (``.seconds`` from 0.7, ``get_seconds()`` before)."""
+    seconds = getattr(timecode, "seconds", None)
+    return float(seconds) if seconds is not None else float(timecode.get_seconds())

@@ -1,0 +1,357 @@
+"""The window plan: split one long job into windows the farm renders independently (DESIGN.md 7.1).
+
+Order of preference for a seam:
+
+1. a hard shot cut (``cut="shot"``): free, no overlap (the picture changes anyway);
+2. inside a segment longer than the target length, the speech pause nearest each target
+   boundary (``cut="silence"``): cut in the middle of the pause, no overlap;
+3. otherwise a forced cut (``cut="forced"``) at the boundary, with ``overlap_s`` of overlap: the
+   next window starts ``overlap`` frames before the boundary and the stitcher cross-fades them.
+
+Target length: given, or ``clamp(duration / wanted, min_s, max_s)`` where ``wanted`` is 1 window
+for one replica (no seam it does not need) and ``2 x replicas`` windows otherwise (every replica
+busy, with slack for longest-first load balancing). A long segment is split into
+``ceil(length / target)`` equal pieces; a pause counts as "near" a boundary when its middle is
+within a quarter piece of it.
+
+Everything is integer output frames at 25 fps (``end`` exclusive); the plan is plain JSON with
+sorted keys, byte-identical for the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["CUT_KINDS", "FPS", "Plan", "Window", "chunks_for", "draw_plan", "make_plan", "plan_job", "window_seed"]
+
+FPS = 25
+CUT_KINDS = ("start", "shot", "silence", "forced")
+CHUNK_FRAMES = 81  # frames of the first chunk of a window
+CHUNK_STEP = 72  # new frames per further chunk (81 minus the 9-frame motion context)
+PLAN_VERSION = 1
+
+
+def chunks_for(frames: int) -> int:
+    """Chunks the streaming generator needs for ``frames`` output frames."""
+    return 1 + math.ceil(max(0, frames - CHUNK_FRAMES) / CHUNK_STEP)
+
+
+def window_seed(job_seed: int, index: int) -> int:
+    """Seed of window ``index``: a 31-bit int from sha256 of (job seed, index); stable everywhere."""
+    digest = hashlib.sha256(f"infinitetalk-window:{int(job_seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start: int  # first output frame (includes the overlap)
+    end: int  # exclusive
+    cut: str  # kind of cut at the window's start: start / shot / silence / forced
+    overlap: int  # frames shared with the previous window (0 for start/shot/silence)
+    seed: int
+    cost: int  # relative cost: chunks x steps
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Plan:
+    fps: int
+    frames: int
+    windows: list[Window]
+    settings: dict = field(default_factory=dict)  # target_s, overlap_s, replicas, seed, min_s, max_s, steps
+
+    def to_json(self) -> str:
+        doc = {
+            "version": PLAN_VERSION,
+            "fps": self.fps,
+            "frames": self.frames,
+            "settings": self.settings,
+            "windows": [dataclasses.asdict(w) for w in self.windows],
+        }
+        return json.dumps(doc, sort_keys=True, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        doc = json.loads(text)
+        if doc.get("version") != PLAN_VERSION:
+            raise ValueError(f"Plan.from_json: unsupported plan version {doc.get('version')!r}")
+        names = [f.name for f in dataclasses.fields(Window)]
+        try:
+            windows = [Window(**{k: w[k] for k in names}) for w in doc["windows"]]
+            plan = cls(fps=doc["fps"], frames=doc["frames"], windows=windows, settings=doc["settings"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"Plan.from_json: malformed plan document ({e!r})") from e
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """Raise ValueError unless the windows cover [0, frames) in order, each >= 1 frame."""
+        if not self.windows or self.frames < 1:
+            raise ValueError("plan: no windows / no frames")
+        own_start = 0
+        for i, w in enumerate(self.windows):
+            if w.index != i or w.cut not in CUT_KINDS or w.overlap < 0:
+                raise ValueError(f"plan: bad window {w}")
+            if w.start + w.overlap != own_start or w.end <= own_start or w.start < 0:
+                raise ValueError(f"plan: window {i} does not continue the previous one: {w}")
+            if (i == 0) != (w.cut == "start") or (w.cut != "forced" and w.overlap):
+                raise ValueError(f"plan: window {i} has cut {w.cut!r} with overlap {w.overlap}")
+            own_start = w.end
+        if own_start != self.frames:
+            raise ValueError(f"plan: windows end at {own_start}, expected {self.frames}")
+
+    @property
+    def cost(self) -> int:
+        return sum(w.cost for w in self.windows)
+
+    def summary(self) -> str:
+        kinds = {k: sum(w.cut == k for w in self.windows) for k in CUT_KINDS[1:]}
+        s = self.settings
+        lines = [
+            f"plan: {self.frames} frames ({self.frames / self.fps:.2f} s @ {self.fps} fps), "
+            f"{len(self.windows)} windows, target {s.get('target_s')} s, {s.get('replicas')} replicas, "
+            f"seams: " + ", ".join(f"{k} {n}" for k, n in kinds.items()) + f", total cost {self.cost}"
+        ]
+        for w in self.windows:
+            lines.append(
+                f"  #{w.index:<3d} [{w.start:>7d}, {w.end:>7d}) {w.frames / self.fps:7.2f} s  "
+                f"{w.cut:<7s} overlap {w.overlap:>3d}  seed {w.seed:>10d}  cost {w.cost}"
+            )
+        return "\n".join(lines)
+
+
+def _check_number(name: str, v, lo: float, strict: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+        raise ValueError(f"make_plan: {name} must be a finite number, got {v!r}")
+    if v < lo or (strict and v == lo):
+        raise ValueError(f"make_plan: {name} must be {'>' if strict else '>='} {lo}, got {v!r}")
+    return float(v)
+
+
+def make_plan(
+    frames: int,
+    *,
+    shots=(),
+    pauses=(),
+    replicas: int = 1,
+    target_s: float | None = None,
+    overlap_s: float = 1.0,
+    min_s: float = 10.0,
+    max_s: float = 120.0,
+    seed: int = 0,
+    steps: int = 40,
+    fps: int = FPS,
+) -> Plan:
+    """Plan the windows of a job of ``frames`` output frames (see the module docstring).
+
+    ``shots``: output-frame indices of hard cuts, strictly increasing, in ``(0, frames)``.
+    ``pauses``: ``(start_s, end_s)`` silent intervals, sorted and non-overlapping; parts past the
+    end of the timeline are ignored. Raises ValueError on bad input.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
+        raise ValueError(f"make_plan: frames must be an int >= 1, got {frames!r}")
+    frames = int(frames)
+    if isinstance(replicas, bool) or not isinstance(replicas, (int, np.integer)) or replicas < 1:
+        raise ValueError(f"make_plan: replicas must be an int >= 1, got {replicas!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"make_plan: seed must be an int, got {seed!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"make_plan: steps must be an int >= 1, got {steps!r}")
+    overlap_s = _check_number("overlap_s", overlap_s, 0.0)
+    min_s = _check_number("min_s", min_s, 0.0, strict=True)
+    max_s = _check_number("max_s", max_s, 0.0, strict=True)
+    if min_s > max_s:
+        raise ValueError(f"make_plan: min_s ({min_s}) > max_s ({max_s})")
+
+    shots = [int(s) for s in shots]
+    for s in shots:
+        if not 0 < s < frames:
+            raise ValueError(f"make_plan: shot cut {s} outside (0, {frames})")
+    if any(b <= a for a, b in zip(shots, shots[1:])):
+        raise ValueError(f"make_plan: shot cuts must be strictly increasing (sorted, no duplicates): {shots}")
+
+    duration = frames / fps
+    clean_pauses = []
+    for p in pauses:
+        try:
+            a, b = (float(x) for x in p)
+        except (TypeError, ValueError):
+            raise ValueError(f"make_plan: a pause must be a (start_s, end_s) pair, got {p!r}") from None
+        if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b <= a:
+            raise ValueError(f"make_plan: bad pause {p!r}: need 0 <= start < end")
+        if clean_pauses and a < clean_pauses[-1][1]:
+            raise ValueError(f"make_plan: pauses must be sorted and non-overlapping, {p!r} after {clean_pauses[-1]}")
+        clean_pauses.append((a, b))
+    mids = [round((a + min(b, duration)) / 2 * fps) for a, b in clean_pauses if a < duration]
+
+    if target_s is None:
+        wanted = 1 if replicas == 1 else 2 * replicas
+        target_s = round(min(max(duration / wanted, min_s), max_s), 3)
+    else:
+        target_s = _check_number("target_s", target_s, 0.0, strict=True)
+    target = max(1, round(target_s * fps))
+    overlap = round(overlap_s * fps)
+
+    # cut points: (frame, kind); 0 starts the first window
+    cuts = [(0, "start")] + [(s, "shot") for s in shots]
+    bounds = [c for c, _ in cuts] + [frames]
+    points = []
+    for (a, kind), b in zip(cuts, bounds[1:]):
+        points.append((a, kind))
+        length = b - a
+        if length <= target:
+            continue
+        k = math.ceil(length / target)
+        piece = length / k
+        prev = a
+        for i in range(1, k):
+            ideal = a + round(i * piece)
+            tol = piece / 4
+            near = [m for m in mids if prev < m < b and abs(m - ideal) <= tol]
+            if near:
+                cut = min(near, key=lambda m: (abs(m - ideal), m))
+                points.append((cut, "silence"))
+            else:
+                cut = ideal
+                points.append((cut, "forced"))
+            prev = cut
+
+    windows = []
+    ends = [c for c, _ in points[1:]] + [frames]
+    prev_own = 0
+    for i, ((c, kind), end) in enumerate(zip(points, ends)):
+        ov = min(overlap, prev_own) if kind == "forced" else 0
+        start = c - ov
+        windows.append(Window(i, start, end, kind, ov, window_seed(seed, i), chunks_for(end - start) * steps))
+        prev_own = end - c
+    plan = Plan(
+        fps=fps,
+        frames=frames,
+        windows=windows,
+        settings={
+            "target_s": target_s,
+            "overlap_s": overlap_s,
+            "replicas": int(replicas),
+            "seed": int(seed),
+            "min_s": min_s,
+            "max_s": max_s,
+            "steps": int(steps),
+        },
+    )
+    plan.check()
+    return plan
+
+
+def plan_job(
+    audio_path: str | os.PathLike,
+    video_path: str | os.PathLike | None = None,
+    *,
+    replicas: int,
+    min_pause_s: float = 0.3,
+    shot_threshold: float = 27.0,
+    **kwargs,
+) -> Plan:
+    """Plan a job from its files: pauses from the audio (silero-vad), shots from the video (if
+    any, V2V); ``frames = int(len(audio) / 16000 * 25)``. ``kwargs`` go to :func:`make_plan`."""
+    from ..pipeline.audio import load_audio
+    from .cuts import SAMPLE_RATE, shot_cuts, speech_pauses
+
+    wave = load_audio(audio_path)
+    frames = int(len(wave) / SAMPLE_RATE * FPS)
+    if frames < 1:
+        raise ValueError(f"plan_job: audio {os.fspath(audio_path)!r} is shorter than one frame")
+    pauses = speech_pauses(wave, min_pause_s=min_pause_s)
+    shots = []
+    if video_path is not None:
+        shots = [s for s in shot_cuts(video_path, FPS, threshold=shot_threshold) if s < frames]
+    return make_plan(frames, shots=shots, pauses=pauses, replicas=replicas, **kwargs)
+
+
+_COLOURS = {
+    "start": (90, 90, 90),
+    "shot": (220, 40, 40),
+    "silence": (40, 160, 60),
+    "forced": (240, 140, 0),
+}
+_BARS = [(70, 120, 200), (120, 170, 235)]
+
+
+def draw_plan(plan: Plan, wave_16k: np.ndarray | None, path_png: str | os.PathLike, *, width: int = 1200,
+              height: int = 260) -> str:
+    """Timeline picture: waveform envelope on top, windows as alternating-row bars with their
+    index, overlaps shaded, seams as vertical lines coloured by kind (shot red, silence green,
+    forced orange), a legend. Written atomically (temp file + rename). Returns the path."""
+    from PIL import Image, ImageDraw
+
+    if width < 100 or height < 120:
+        raise ValueError(f"draw_plan: picture too small ({width}x{height}); need >= 100x120")
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    x0, x1 = 10, width - 10
+    total = plan.frames
+
+    def x(frame: float) -> int:
+        return int(round(x0 + (x1 - x0) * frame / total))
+
+    # waveform envelope (max |sample| per pixel column), over the plan's duration
+    wave_top, wave_bot = 22, int(height * 0.45)
+    mid = (wave_top + wave_bot) // 2
+    d.line([(x0, mid), (x1, mid)], fill=(200, 200, 200))
+    if wave_16k is not None and len(wave_16k):
+        w = np.abs(np.asarray(wave_16k, dtype=np.float32))
+        span = int(round(total / plan.fps * 16000))  # samples of the plan's timeline
+        n = min(len(w), span)
+        edges = np.linspace(0, span, x1 - x0 + 1).astype(int)[:-1]
+        env = np.maximum.reduceat(w[:n], np.minimum(edges, n - 1))
+        env[edges >= n] = 0  # audio shorter than the plan: flat line
+        env = env / (float(env.max()) or 1.0) * (wave_bot - wave_top) / 2
+        for c, h in enumerate(env):
+            d.line([(x0 + c, mid - h), (x0 + c, mid + h)], fill=(60, 60, 60))
+
+    # window bars on two alternating rows, so overlaps are visible
+    row_h = (height - wave_bot - 40) // 2
+    rows = [wave_bot + 8, wave_bot + 8 + row_h + 4]
+    for w in plan.windows:
+        top = rows[w.index % 2]
+        d.rectangle([x(w.start), top, max(x(w.end) - 1, x(w.start)), top + row_h - 1], fill=_BARS[w.index % 2])
+        if w.overlap:
+            d.rectangle([x(w.start), top, x(w.start + w.overlap), top + row_h - 1], fill=(150, 150, 150))
+        d.text((x(w.start) + 3, top + 2), str(w.index), fill=(0, 0, 0))
+    for w in plan.windows[1:]:
+        seam = w.start + w.overlap
+        d.line([(x(seam), wave_top), (x(seam), rows[1] + row_h)], fill=_COLOURS[w.cut], width=2)
+
+    # legend + title
+    d.text((x0, 4), f"{plan.frames} frames, {plan.frames / plan.fps:.1f} s, {len(plan.windows)} windows", fill=(0, 0, 0))
+    lx = x0
+    for k in ("shot", "silence", "forced"):
+        d.rectangle([lx, height - 16, lx + 10, height - 6], fill=_COLOURS[k])
+        d.text((lx + 14, height - 18), k, fill=(0, 0, 0))
+        lx += 80
+    d.rectangle([lx, height - 16, lx + 10, height - 6], fill=(150, 150, 150))
+    d.text((lx + 14, height - 18), "overlap", fill=(0, 0, 0))
+
+    path = os.fspath(path_png)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".png.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

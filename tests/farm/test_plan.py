@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from infinitetalk_dist.farm.cuts import shot_cuts, speech_pauses
+from infinitetalk_dist.farm.plan import Plan, chunks_for, draw_plan, make_plan, plan_job, window_seed
+from infinitetalk_dist.samples import speech_like
+
+SR = 16000
+
+
+def spans(plan):
+    return [(w.start, w.end, w.cut, w.overlap) for w in plan.windows]
+
+
+def test_chunks_for():
+    assert [chunks_for(n) for n in (1, 81, 82, 153, 154)] == [1, 1, 2, 2, 3]
+
+
+def test_shots_only_are_free_cuts():
+    plan = make_plan(1000, shots=[300, 600], target_s=60)
+    assert spans(plan) == [(0, 300, "start", 0), (300, 600, "shot", 0), (600, 1000, "shot", 0)]
+
+
+def test_silence_near_target_boundary_cut_in_middle():
+    # 40 s, target 20 s -> boundary at frame 500 (20 s); pause 19.6-20.4 s -> mid 20.0 s
+    plan = make_plan(1000, pauses=[(5.0, 5.5), (19.0, 20.2), (35.0, 36.0)], target_s=20)
+    assert spans(plan) == [(0, 490, "start", 0), (490, 1000, "silence", 0)]  # mid of 19.0-20.2 = 19.6 s
+
+
+def test_nearest_pause_wins_and_far_pause_is_ignored():
+    plan = make_plan(1000, pauses=[(17.0, 17.4), (20.5, 20.9), (30.0, 31.0)], target_s=20)
+    assert plan.windows[1].start == round(20.7 * 25) and plan.windows[1].cut == "silence"
+    far = make_plan(1000, pauses=[(2.0, 3.0), (35.0, 36.0)], target_s=20)  # no pause near 20 s
+    assert spans(far) == [(0, 500, "start", 0), (475, 1000, "forced", 25)]
+
+
+def test_forced_cuts_with_overlap():
+    plan = make_plan(1500, target_s=20, overlap_s=1.0)  # 60 s -> 3 windows
+    assert spans(plan) == [(0, 500, "start", 0), (475, 1000, "forced", 25), (975, 1500, "forced", 25)]
+    assert [w.frames for w in plan.windows] == [500, 525, 525]
+    no_ov = make_plan(1500, target_s=20, overlap_s=0)
+    assert [w.overlap for w in no_ov.windows] == [0, 0, 0]
+
+
+def test_shot_then_long_segment_split():
+    plan = make_plan(2000, shots=[100], target_s=30, pauses=[(50.0, 50.6)])
+    kinds = [w.cut for w in plan.windows]
+    assert kinds[:2] == ["start", "shot"] and set(kinds[2:]) <= {"silence", "forced"}
+    assert plan.windows[0].end == 100 and plan.windows[1].start == 100
+
+
+def test_replicas_change_target():
+    frames = 600 * 25  # 10 minutes
+    one = make_plan(frames, replicas=1)
+    four = make_plan(frames, replicas=4)
+    many = make_plan(frames, replicas=64)
+    assert one.settings["target_s"] == 120.0 and len(one.windows) == 5  # capped at max_s
+    assert four.settings["target_s"] == 75.0 and len(four.windows) == 8  # 2 x replicas
+    assert many.settings["target_s"] == 10.0 and len(many.windows) == 60  # floored at min_s
+    short = make_plan(8 * 25, replicas=8)  # shorter than min_s: one window
+    assert len(short.windows) == 1
+
+
+def test_seeds_and_cost():
+    plan = make_plan(1500, target_s=20, seed=7, steps=10)
+    assert [w.seed for w in plan.windows] == [window_seed(7, i) for i in range(3)]
+    assert len({w.seed for w in plan.windows}) == 3 and all(0 <= w.seed < 2**31 for w in plan.windows)
+    assert make_plan(1500, target_s=20, seed=8).windows[0].seed != plan.windows[0].seed
+    assert [w.cost for w in plan.windows] == [chunks_for(w.frames) * 10 for w in plan.windows]
+
+
+def test_deterministic_json_and_round_trip():
+    args = dict(shots=[400], pauses=[(30.0, 30.5), (61.0, 61.3)], replicas=3, seed=5)
+    a, b = make_plan(3000, **args).to_json(), make_plan(3000, **args).to_json()
+    assert a.encode() == b.encode()
+    plan = Plan.from_json(a)
+    assert plan == make_plan(3000, **args) and plan.to_json() == a
+    doc = json.loads(a)
+    assert list(doc) == sorted(doc) and doc["settings"]["replicas"] == 3
+    assert "windows" in plan.summary() and len(plan.summary().splitlines()) == 1 + len(plan.windows)
+
+
+def test_windows_cover_every_frame_at_least_one_frame():
+    for frames in (1, 2, 3, 26, 999):
+        plan = make_plan(frames, target_s=0.04, overlap_s=1.0)  # 1-frame target: worst case
+        assert plan.windows[-1].end == frames and all(w.frames >= 1 for w in plan.windows)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(frames=0), "frames must be an int >= 1"),
+        (dict(frames=2.5), "frames must be an int >= 1"),
+        (dict(frames=100, shots=[0]), "outside"),
+        (dict(frames=100, shots=[100]), "outside"),
+        (dict(frames=100, shots=[50, 20]), "strictly increasing"),
+        (dict(frames=100, shots=[20, 20]), "strictly increasing"),
+        (dict(frames=100, pauses=[(2.0, 1.0)]), "bad pause"),
+        (dict(frames=100, pauses=[(1.0, 2.0), (1.5, 3.0)]), "non-overlapping"),
+        (dict(frames=100, pauses=[3.0]), "pair"),
+        (dict(frames=100, replicas=0), "replicas"),
+        (dict(frames=100, overlap_s=-1), "overlap_s"),
+        (dict(frames=100, target_s=0), "target_s"),
+        (dict(frames=100, min_s=50, max_s=10), "min_s"),
+    ],
+)
+def test_bad_inputs(kwargs, message):
+    frames = kwargs.pop("frames")
+    with pytest.raises(ValueError, match=message):
+        make_plan(frames, **kwargs)
+
+
+def test_from_json_rejects_broken_plan():
+    doc = json.loads(make_plan(1500, target_s=20).to_json())
+    doc["windows"][1]["start"] += 3
+    with pytest.raises(ValueError, match="continue"):
+        Plan.from_json(json.dumps(doc))
+
+
+def test_speech_pauses_finds_known_gaps():
+    # speech 0-3 s, silence 3-4 s, speech 4-8 s, silence 8-8.6 s, speech 8.6-11.6 s, silence to 12.6 s
+    parts = [speech_like(3, seed=1), np.zeros(SR), speech_like(4, seed=2), np.zeros(int(0.6 * SR)),
+             speech_like(3, seed=3), np.zeros(SR)]
+    wave = np.concatenate(parts).astype(np.float32)
+    pauses = speech_pauses(wave, min_pause_s=0.3)
+    assert pauses == speech_pauses(wave, min_pause_s=0.3)  # deterministic
+    for lo, hi in [(3.0, 4.0), (8.0, 8.6), (11.6, 12.6)]:
+        hits = [p for p in pauses if p[0] <= lo + 0.25 and p[1] >= hi - 0.25]
+        assert len(hits) == 1, (lo, hi, pauses)
+    assert pauses[-1][1] == pytest.approx(12.6)
+    # silero found the synthetic speech: most of the speech time is not in a pause
+    assert sum(b - a for a, b in pauses) < 4.0
+    assert speech_pauses(np.zeros(2 * SR, np.float32)) == [(0.0, 2.0)]
+    with pytest.raises(ValueError, match="1-D"):
+        speech_pauses(np.zeros((2, 100), np.float32))
+
+
+def test_shot_cuts_on_two_shot_video(tmp_path):
+    from infinitetalk_dist.pipeline.media import write_mp4
+    from infinitetalk_dist.samples import face_image
+
+    rng = np.random.default_rng(0)
+    a = face_image((128, 96), seed=1)
+    b = (rng.integers(0, 255, a.shape)).astype(np.uint8)  # noise texture, very different
+    b[..., 2] = 30
+    frames = [np.roll(a, i % 5, axis=1) for i in range(90)] + [np.roll(b, i, axis=0) for i in range(90)]
+    path = tmp_path / "two_shots.mp4"
+    audio = np.concatenate([speech_like(2.5, seed=1), np.zeros(SR), speech_like(2.5, seed=2)])
+    write_mp4(path, frames, fps=30, audio=audio, audio_sr=SR)
+    cuts = shot_cuts(path, fps_out=25)
+    assert len(cuts) == 1 and abs(cuts[0] - 75) <= 1, cuts
+    # plan_job wires audio -> frames + pauses and video -> shots into make_plan
+    from infinitetalk_dist.pipeline.audio import load_audio
+
+    plan = plan_job(path, path, replicas=2, target_s=2.0)
+    pauses = speech_pauses(load_audio(path))
+    assert plan.frames == 150 and pauses
+    assert plan == make_plan(150, shots=cuts, pauses=pauses, replicas=2, target_s=2.0)
+    assert "shot" in [w.cut for w in plan.windows]
+    with pytest.raises(ValueError, match="no such video"):
+        shot_cuts(tmp_path / "missing.mp4")
+
+
+def test_draw_plan_png(tmp_path):
+    wave = np.tile(np.concatenate([speech_like(2, seed=0), np.zeros(SR // 2)]), 16)  # 40 s
+    plan = make_plan(1000, shots=[200], pauses=[(20.0, 21.0)], target_s=12)
+    out = tmp_path / "plan.png"
+    assert draw_plan(plan, wave, out, width=900, height=240) == str(out)
+    with Image.open(out) as im:
+        assert im.size == (900, 240) and im.format == "PNG"
+        px = np.asarray(im.convert("RGB"))
+    assert (px == (220, 40, 40)).all(-1).any() and (px == (240, 140, 0)).all(-1).any()
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.png"]  # no temp file left behind

@@ -1,0 +1,171 @@
+"""JobStore: manifest, atomic window uploads, verified resume, failures that lose nothing."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import uuid
+
+import fsspec
+import pytest
+
+from infinitetalk_dist.farm.store import JobStore, StoreError, hash_file
+
+PLAN = json.dumps({"frames": 30, "fps": 25, "windows": [
+    {"index": 0, "start": 0, "end": 12, "cut": "start", "overlap": 0, "seed": 1},
+    {"index": 1, "start": 8, "end": 20, "cut": "forced", "overlap": 4, "seed": 2},
+    {"index": 2, "start": 20, "end": 30, "cut": "shot", "overlap": 0, "seed": 3},
+]})
+SETTINGS = {"steps": 4, "size": [32, 48], "seed": 42}
+INPUTS = {"video": "a" * 64, "audio": "b" * 64}
+
+
+def _file(tmp_path, name: str, payload: bytes) -> str:
+    p = tmp_path / name
+    p.write_bytes(payload)
+    return str(p)
+
+
+@pytest.fixture(params=["local", "memory"])
+def url(request, tmp_path):
+    if request.param == "local":
+        yield str(tmp_path / "job")
+        return
+    u = f"memory://itd-test-{uuid.uuid4().hex}"
+    yield u
+    fs = fsspec.filesystem("memory")
+    if fs.exists(u):
+        fs.rm(u, recursive=True)
+
+
+def test_round_trip_and_resume(url, tmp_path):
+    store = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    assert store.done() == set()
+    m = store.manifest
+    assert m["plan"] == json.loads(PLAN) and m["settings"] == SETTINGS and m["inputs"] == INPUTS
+    assert {k: v["state"] for k, v in m["windows"].items()} == {"0": "pending", "1": "pending", "2": "pending"}
+
+    src0 = _file(tmp_path, "w0.mp4", b"window zero" * 100)
+    src2 = _file(tmp_path, "w2.mp4", b"window two" * 50)
+    assert store.put_window(0, src0) == hash_file(src0)
+    store.put_window(2, src2)
+    assert store.done() == {0, 2}
+    # no temporary files left behind
+    names = [os.path.basename(p) for p in store.fs.ls(store._p("windows"), detail=False)]
+    assert sorted(names) == ["00000.mp4", "00002.mp4"]
+
+    again = JobStore.create_or_open(url, PLAN, dict(SETTINGS), dict(INPUTS))  # resume
+    assert again.done() == {0, 2}
+    with again.open_window(2) as p:
+        assert open(p, "rb").read() == b"window two" * 50
+    pairs = list((w.index, open(p, "rb").read()) for w, p in again.iter_windows(
+        [type("W", (), {"index": 0})(), type("W", (), {"index": 2})()]))
+    assert pairs == [(0, b"window zero" * 100), (2, b"window two" * 50)]
+    assert again.window_path(2).endswith("windows/00002.mp4")
+    with pytest.raises(StoreError, match="window 1"):
+        with again.open_window(1):
+            pass
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_window_is_not_done(url, tmp_path, damage):
+    store = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    store.put_window(0, _file(tmp_path, "w0.mp4", bytes(range(256)) * 8))
+    store.put_window(1, _file(tmp_path, "w1.mp4", bytes(range(255, -1, -1)) * 8))
+    path = store._wp(1)
+    data = store.fs.cat_file(path)
+    if damage == "flip":
+        data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+        store.fs.pipe_file(path, data)
+    elif damage == "truncate":
+        store.fs.pipe_file(path, data[:-10])
+    else:
+        store.fs.rm(path)
+    reopened = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    with pytest.warns(UserWarning, match=r"window 1 file .*00001\.mp4"):
+        assert reopened.done() == {0}
+    # re-rendering it makes it done again
+    reopened.put_window(1, _file(tmp_path, "w1b.mp4", b"fresh"))
+    assert reopened.done() == {0, 1}
+
+
+def test_unrecorded_window_file_is_not_done(url, tmp_path):
+    store = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    store.fs.pipe_file(store._wp(1), b"left by a crash before the manifest update")
+    assert store.done() == set()
+
+
+@pytest.mark.parametrize("what", ["plan", "settings", "inputs"])
+def test_different_job_refused(url, what):
+    JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    plan, settings, inputs = PLAN, SETTINGS, INPUTS
+    if what == "plan":
+        p = json.loads(PLAN)
+        p["windows"][1]["seed"] = 99
+        plan = json.dumps(p)
+    elif what == "settings":
+        settings = {**SETTINGS, "steps": 8}
+    else:
+        inputs = {**INPUTS, "audio": "c" * 64}
+    with pytest.raises(StoreError, match=f"different job.*{what}"):
+        JobStore.create_or_open(url, plan, settings, inputs)
+
+
+def test_not_a_manifest(tmp_path):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "manifest.json").write_text("{half a manif")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        JobStore.create_or_open(str(tmp_path / "job"), PLAN, SETTINGS, INPUTS)
+
+
+def _check_failure_kept_state(url, tmp_path, store, before_manifest):
+    assert store.done() == {0}
+    again = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    assert again.manifest == before_manifest
+    assert again.done() == {0}
+
+
+def test_unwritable_store_read_only_dir(tmp_path):
+    url = str(tmp_path / "job")
+    store = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    store.put_window(0, _file(tmp_path, "w0.mp4", b"zero" * 10))
+    before = json.loads(json.dumps(store.manifest))
+    os.chmod(tmp_path / "job" / "windows", 0o555)
+    os.chmod(tmp_path / "job", 0o555)
+    try:
+        if os.access(tmp_path / "job", os.W_OK):
+            pytest.skip("running as root: chmod does not make a folder read-only "
+                        "(the ENOSPC test covers the failure path)")
+        with pytest.raises(StoreError, match="cannot store window 1"):
+            store.put_window(1, _file(tmp_path, "w1.mp4", b"one" * 10))
+        _check_failure_kept_state(url, tmp_path, store, before)
+    finally:
+        os.chmod(tmp_path / "job", 0o755)
+        os.chmod(tmp_path / "job" / "windows", 0o755)
+
+
+@pytest.mark.parametrize("failing", ["put_file", "manifest"])
+def test_disk_full_raises_store_error_and_loses_nothing(url, tmp_path, monkeypatch, failing):
+    store = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
+    store.put_window(0, _file(tmp_path, "w0.mp4", b"zero" * 10))
+    before = json.loads(json.dumps(store.manifest))
+    fs = store.fs
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if failing == "put_file":
+        monkeypatch.setattr(fs, "put_file", full)
+    else:
+        monkeypatch.setattr(store, "_write_bytes", full)
+    with pytest.raises(StoreError, match="No space left"):
+        store.put_window(1, _file(tmp_path, "w1.mp4", b"one" * 10))
+    monkeypatch.undo()
+    assert store.manifest == before  # the cached manifest did not change either
+    _check_failure_kept_state(url, tmp_path, store, before)
+    leftovers = [p for p in fs.find(store.root) if os.path.basename(p).startswith(".")]
+    assert leftovers == []
+    # after the failure the job goes on
+    store.put_window(1, _file(tmp_path, "w1.mp4", b"one" * 10))
+    assert store.done() == {0, 1}
