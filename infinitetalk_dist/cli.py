@@ -2,6 +2,8 @@
 
     infinitetalk-dist generate [flags] [key=value ...]   one window: audio + picture/video -> MP4
     infinitetalk-dist smoke [key=value ...]              one forward of every model
+    infinitetalk-dist plan [flags] [key=value ...]       a long job's window plan (JSON + timeline PNG)
+    infinitetalk-dist run [flags] [key=value ...]        a long job: every window, resumable, stitched
 
 Flags are shorthands for config paths of ``infinitetalk_dist/conf/config.yaml`` (``--steps 8``
 is ``sampler.steps=8``); any path can also be set as ``key=value`` (Hydra override syntax),
@@ -120,8 +122,42 @@ def generate(cfg: DictConfig) -> None:
           f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s")
 
 
+def plan(cfg: DictConfig) -> None:
+    """Print the job's window plan (JSON) and draw its timeline next to the output."""
+    from pathlib import Path
+
+    from .farm.local import _output, plan_sources
+    from .farm.plan import draw_plan
+    from .pipeline.generate import resolve_sources
+
+    output = _output(cfg)
+    sources = resolve_sources(cfg, output)
+    job_plan = plan_sources(cfg, sources)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    png = draw_plan(job_plan, sources.audio.mix, Path(f"{output}.plan.png"))
+    print(job_plan.to_json(), end="")
+    print(job_plan.summary(), file=sys.stderr)
+    print(f"timeline: {png}", file=sys.stderr)
+
+
+def run(cfg: DictConfig) -> None:
+    """The whole job on this process: plan, render the windows not yet stored, stitch."""
+    from .farm.local import run_job
+    from .farm.store import StoreError
+
+    t0 = time.perf_counter()
+    try:
+        info = run_job(cfg)
+    except StoreError as e:  # e.g. the store holds another job: one line, exit 1
+        raise ValueError(str(e)) from e
+    print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s, {info.width}x{info.height}, "
+          f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s")
+
+
 COMMANDS = {
     "generate": (generate, "render one window: audio + picture/video -> MP4 (tiny preset and demo inputs by default)"),
+    "plan": (plan, "print a long job's window plan (JSON) and write its timeline <output>.plan.png"),
+    "run": (run, "render a long job window by window (resumable job store <output>.job), then stitch"),
     "smoke": (smoke, "one forward of every model of the preset on seeded random inputs"),
 }
 
@@ -139,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_,
                            epilog="key=value overrides set any config path; --cfg shows them all.")
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-        if name == "generate":
+        if name in ("generate", "plan", "run"):
             p.add_argument("--preset", choices=["tiny", "14b"], help="model preset (default tiny; --weights implies 14b)")
             p.add_argument("--sampler", choices=["default", "lightx2v", "fusionx"],
                            help="sampler preset: 40-step default, 4-step lightx2v, 8-step FusionX")
