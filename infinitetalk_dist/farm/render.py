@@ -19,36 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
-from PIL import Image
 
 from infinitetalk_dist.models.build import Models
-from infinitetalk_dist.parallel import ParallelState, predict_branches
-from infinitetalk_dist.pipeline.audio import audio_features
-from infinitetalk_dist.pipeline.conditioning import image_to_tensor, pick_bucket, speaker_masks
-from infinitetalk_dist.pipeline.generate import (
-    FPS,
-    Sources,
-    _bboxes,
-    _clip_at,
-    _tokenizer,
-    window_settings,
-)
-from infinitetalk_dist.pipeline.loop import WindowInputs, components_from_models, generate_window
+from infinitetalk_dist.pipeline.generate import FPS, Sources, output_size, render_frames, window_settings
 from infinitetalk_dist.pipeline.media import WrittenVideo, to_uint8_frames, write_mp4
-from infinitetalk_dist.pipeline.text import DEFAULT_NEGATIVE_PROMPT, PromptEncoder
 
 __all__ = ["SAMPLES_PER_FRAME", "WINDOW_CRF", "render_window"]
 
 SAMPLES_PER_FRAME = 16000 // FPS  # 640 samples of 16 kHz audio per output frame
 WINDOW_CRF = 12
-
-
-def _output_size(cfg: DictConfig, models: Models, sources: Sources) -> tuple[str, int, int]:
-    size = cfg.size if cfg.size != "auto" else ("tiny" if models.preset.name == "tiny" else "480")
-    height, width = pick_bucket(sources.picture.height, sources.picture.width, size)
-    return size, height, width
 
 
 def _audio_slice(track: np.ndarray, start: int, end: int) -> np.ndarray:
@@ -75,51 +55,14 @@ def render_window(cfg: DictConfig, models: Models, sources: Sources, window: Any
     frames = end - start
     if not 0 <= start < end <= sources.frames:
         raise ValueError(f"window {window.index}: frames [{start}, {end}) outside the job's [0, {sources.frames})")
-    device = torch.device(cfg.device)
-    size, height, width = _output_size(cfg, models, sources)
-
-    def reference_frame(index: int) -> torch.Tensor:  # index: frame of the window
-        if sources.video is None:
-            return image_to_tensor(sources.picture, (height, width))
-        frame = sources.video.frame_for_output_index(start + index, FPS, clamp=True)
-        return image_to_tensor(Image.fromarray(np.ascontiguousarray(frame)), (height, width))
-
-    with torch.inference_mode():
-        audio = [audio_features(_audio_slice(track, start, end), models.wav2vec2, device=device)
-                 for track in sources.audio.tracks]
-        if any(x.shape[0] < frames for x in audio):
-            raise ValueError(f"window {window.index}: audio gives {min(x.shape[0] for x in audio)} frames, "
-                             f"need {frames}")
-        prompts = PromptEncoder(models.t5, _tokenizer(cfg, models))
-        dtype = models.dit_dtype
-        inputs = WindowInputs(
-            reference_frame=reference_frame,
-            audio=[x[:frames].to(dtype) for x in audio],
-            context=prompts(cfg.input.prompt).to(dtype),
-            context_null=prompts(cfg.input.negative_prompt or DEFAULT_NEGATIVE_PROMPT).to(dtype),
-            ref_target_masks=speaker_masks(
-                (sources.picture.height, sources.picture.width), (height, width), (height // 8, width // 8),
-                speakers=len(audio), bboxes=_bboxes(cfg.input.bbox)).to(device),
-        )
-        # The window is its own job: all its frames, its own seed (sampler.max_frames is the
-        # film's limit, applied by the plan, not by each window).
-        settings = dataclasses.replace(window_settings(cfg, size, frames), max_frames_num=frames,
-                                       seed=int(window.seed))
-        predict = None if cfg.sampler.teacache else (
-            lambda branches: predict_branches(models.dit, branches, ParallelState.single(device)))
-        components = components_from_models(models.dit, models.vae, _clip_at(models, device), predict)
-        generator = torch.Generator(device=device).manual_seed(int(window.seed))
-        if cfg.sampler.teacache:
-            from infinitetalk_dist.pipeline.sampler import guidance_branches
-            from infinitetalk_dist.pipeline.teacache import teacache_on
-
-            with teacache_on(models.dit, settings.steps, len(guidance_branches(settings.text_scale)),
-                             cfg.sampler.teacache_thresh, size):
-                video = generate_window(components, inputs, settings, device=device, generator=generator,
-                                        progress=progress)
-        else:
-            video = generate_window(components, inputs, settings, device=device, generator=generator,
-                                    progress=progress)
+    size = output_size(cfg, models, sources.picture)[0]
+    # The window is its own job: all its frames, its own seed (sampler.max_frames is the
+    # film's limit, applied by the plan, not by each window).
+    settings = dataclasses.replace(window_settings(cfg, size, frames), max_frames_num=frames,
+                                   seed=int(window.seed))
+    tracks = [_audio_slice(track, start, end) for track in sources.audio.tracks]
+    video = render_frames(cfg, models, sources, tracks, settings, start=start, progress=progress,
+                          show_progress=False)
     if video.shape[1] < frames:
         raise ValueError(f"window {window.index}: the generator made {video.shape[1]} frames, need {frames}")
     Path(out_mp4_path).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from infinitetalk_dist.parallel import ParallelState, predict_branches
 from .audio import SpeakerAudio, audio_features, load_audio, prepare_audio, prepare_speakers
 from .conditioning import image_to_tensor, pick_bucket, speaker_masks
 from .loop import StepProgress, WindowInputs, WindowSettings, components_from_models, generate_window
-from .media import MediaError, VideoSource, WrittenVideo, read_image, to_uint8_frames, write_mp4
+from .media import VideoSource, WrittenVideo, read_image, to_uint8_frames, write_mp4
 from .sampler import guidance_branches
 from .teacache import teacache_on
 from .text import DEFAULT_NEGATIVE_PROMPT, ByteTokenizer, HFTokenizer, PromptEncoder
@@ -149,24 +149,45 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
         raise InputError(f"output must be an .mp4 file, got {output}")
     src = resolve_sources(cfg, output)
     models = runtime.models or build_models(cfg)
-    device = torch.device(cfg.device)
-    # One process: the guidance branches of a step run as one batched forward. TeaCache keeps
-    # one residual per branch, so it calls the DiT once per branch (predict None).
-    predict = runtime.predict or (lambda branches: predict_branches(models.dit, branches, ParallelState.single(device)))
-    if cfg.sampler.teacache:
-        predict = None
+    size = output_size(cfg, models, src.picture)[0]
+    video = render_frames(cfg, models, src, src.audio.tracks, window_settings(cfg, size, src.frames),
+                          predict=runtime.predict, show_progress=runtime.writer)
+    if not runtime.writer:
+        return None
+    video = video[:, : src.frames]
+    return write_mp4(output, to_uint8_frames(video), fps=FPS, audio=src.mix_original,
+                     audio_sr=48000 if isinstance(src.mix_original, np.ndarray) else None)
 
+
+def output_size(cfg: DictConfig, models: Models, picture: Image.Image) -> tuple[str, int, int]:
+    """(bucket table, height, width) of the output for this picture."""
     size = cfg.size if cfg.size != "auto" else ("tiny" if models.preset.name == "tiny" else "480")
-    height, width = pick_bucket(src.picture.height, src.picture.width, size)
+    return (size, *pick_bucket(picture.height, picture.width, size))
 
-    def reference_frame(index: int) -> torch.Tensor:
-        if src.video is None or index == 0:
+
+def render_frames(cfg: DictConfig, models: Models, src: Sources, tracks, settings: WindowSettings, *,
+                  start: int = 0, predict=None, progress=None, show_progress: bool = True) -> torch.Tensor:
+    """Video ``[3, frames, H, W]`` in [-1, 1] of one window whose first frame is job frame ``start``.
+
+    ``tracks``: each speaker's 16 kHz audio of this window. Shared by :func:`generate` (the
+    whole job as one window) and the farm's per-window renderer. ``predict``: the DiT's
+    all-branches call (default: one batched forward per step; per branch under TeaCache).
+    """
+    device = torch.device(cfg.device)
+    size, height, width = output_size(cfg, models, src.picture)
+    if cfg.sampler.teacache:
+        predict = None  # TeaCache keeps one residual per branch: one DiT call per branch
+    elif predict is None:
+        predict = lambda branches: predict_branches(models.dit, branches, ParallelState.single(device))  # noqa: E731
+
+    def reference_frame(index: int) -> torch.Tensor:  # index: frame of this window
+        if src.video is None or start + index == 0:
             return image_to_tensor(src.picture, (height, width))
-        frame = src.video.frame_for_output_index(index, FPS, clamp=True)
+        frame = src.video.frame_for_output_index(start + index, FPS, clamp=True)
         return image_to_tensor(Image.fromarray(np.ascontiguousarray(frame)), (height, width))
 
     with torch.inference_mode():
-        audio = [audio_features(track, models.wav2vec2, device=device) for track in src.audio.tracks]
+        audio = [audio_features(track, models.wav2vec2, device=device) for track in tracks]
         prompts = PromptEncoder(models.t5, _tokenizer(cfg, models))
         dtype = models.dit_dtype
         inputs = WindowInputs(
@@ -178,19 +199,14 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
                 (src.picture.height, src.picture.width), (height, width), (height // 8, width // 8),
                 speakers=len(audio), bboxes=_bboxes(cfg.input.bbox)).to(device),
         )
-        settings = window_settings(cfg, size, src.frames)
         components = components_from_models(models.dit, models.vae, _clip_at(models, device), predict)
         cache = (teacache_on(models.dit, settings.steps, len(guidance_branches(settings.text_scale)),
                              cfg.sampler.teacache_thresh, size) if cfg.sampler.teacache else nullcontext())
-        with _progress_bar(cfg.progress and runtime.writer) as report, cache as tea:
-            video = generate_window(components, inputs, settings, device=device, progress=report)
+        with _progress_bar(progress is None and cfg.progress and show_progress) as report, cache as tea:
+            video = generate_window(components, inputs, settings, device=device, progress=progress or report)
         if tea is not None:
             log.info("TeaCache: skipped the blocks on %d of %d DiT calls", tea.skipped, tea.skipped + tea.computed)
-    if not runtime.writer:
-        return None
-    video = video[:, : src.frames]
-    return write_mp4(output, to_uint8_frames(video), fps=FPS, audio=src.mix_original,
-                     audio_sr=48000 if isinstance(src.mix_original, np.ndarray) else None)
+    return video
 
 
 def _clip_at(models: Models, device):
