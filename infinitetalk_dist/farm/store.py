@@ -196,18 +196,23 @@ class JobStore:
 
     def _write_manifest(self, m: dict) -> None:
         data = json.dumps(m, indent=1, sort_keys=True).encode()
-        final = self._p(MANIFEST)
-        tmp = self._p(f".{MANIFEST}.{secrets.token_hex(4)}.part")
+        self._put_atomic(lambda tmp: self._write_bytes(tmp, data), self._p(MANIFEST),
+                         self._p(f".{MANIFEST}.{secrets.token_hex(4)}.part"), len(data),
+                         f"cannot write {MANIFEST}", "the previous manifest is unchanged")
+        self._manifest = m
+
+    def _put_atomic(self, write, final: str, tmp: str, size: int, what: str, kept: str) -> None:
+        """``write(tmp)``, check its size, move it to ``final``; any OSError -> StoreError and
+        no temp file left (``final`` is the old or the new file, never a partial one)."""
         try:
-            self._write_bytes(tmp, data)
-            if self.fs.size(tmp) != len(data):
-                raise OSError(f"{tmp}: wrote {self.fs.size(tmp)} bytes, expected {len(data)}")
+            write(tmp)
+            got = self.fs.size(tmp)
+            if got != size:
+                raise OSError(f"{tmp}: wrote {got} bytes, expected {size}")
             self.fs.mv(tmp, final)
         except OSError as e:
             self._rm_quiet(tmp)
-            raise StoreError(f"job store {self.url}: cannot write {MANIFEST} ({type(e).__name__}: "
-                             f"{e}); the previous manifest is unchanged") from e
-        self._manifest = m
+            raise StoreError(f"job store {self.url}: {what} ({type(e).__name__}: {e}); {kept}") from e
 
     def _write_bytes(self, path: str, data: bytes) -> None:
         with self.fs.open(path, "wb") as f:
@@ -241,19 +246,13 @@ class JobStore:
         if size == 0:
             raise StoreError(f"window {index}: {src} is empty")
         m = self.manifest
-        final = self._wp(index)
-        tmp = self._p("windows", f".{index:05d}.mp4.{secrets.token_hex(4)}.part")
-        try:
+        def upload(tmp: str) -> None:
             self.fs.makedirs(self._p("windows"), exist_ok=True)
             self.fs.put_file(src, tmp)
-            got = self.fs.size(tmp)
-            if got != size:
-                raise OSError(f"uploaded {got} bytes of {size}")
-            self.fs.mv(tmp, final)
-        except OSError as e:
-            self._rm_quiet(tmp)
-            raise StoreError(f"job store {self.url}: cannot store window {index} "
-                             f"({type(e).__name__}: {e}); earlier windows are unaffected") from e
+
+        self._put_atomic(upload, self._wp(index),
+                         self._p("windows", f".{index:05d}.mp4.{secrets.token_hex(4)}.part"), size,
+                         f"cannot store window {index}", "earlier windows are unaffected")
         new = json.loads(json.dumps(m))  # a copy: the cached manifest changes only once written
         new.setdefault("windows", {})[str(index)] = {"state": "done", "sha256": digest, "size": size}
         self._write_manifest(new)
