@@ -133,6 +133,37 @@ def test_audio_from_file_and_tensor_frames(tmp_path):
     assert info.frames == 5
 
 
+_HEAP_SCRIPT = """
+import hashlib, sys
+import numpy as np
+import infinitetalk_dist.pipeline.media as M
+t = np.arange(44)[:, None, None]; y = np.arange(64)[None, :, None]; x = np.arange(64)[None, None, :]
+v = 128 + 60 * np.sin((x + 2 * t) / 7.0) * np.cos((y - t) / 9.0)
+v = v + np.random.default_rng(0).normal(0, 6, v.shape)
+frames = np.clip(np.stack([v, np.roll(v, 3, 2), 255 - v], -1), 0, 255).astype(np.uint8)
+M.write_mp4(sys.argv[1], frames, fps=25, crf=12)
+print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="glibc/Linux only (MALLOC_PERTURB_)")
+def test_h264_bytes_do_not_depend_on_heap_contents(tmp_path):
+    """The farm needs encodes to be a function of the frames: x264's AVX-512 lookahead reads
+    uninitialised memory (media.x264_params caps it at AVX2). MALLOC_PERTURB_ fills fresh heap
+    blocks with different bytes in each run; the file must not change."""
+    import subprocess
+    import sys
+
+    digests = set()
+    for fill in (0, 1, 85, 170):
+        env = {**os.environ, "MALLOC_PERTURB_": str(fill)}
+        run = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT, str(tmp_path / f"{fill}.mp4")], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1, f"H.264 bytes depend on heap contents: {len(digests)} different files"
+
+
 def test_to_uint8_frames_values():
     v = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0, 0.5]).view(1, 1, 1, 6).expand(3, 2, 1, 6)
     frames = list(to_uint8_frames(v))
