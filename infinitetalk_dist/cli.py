@@ -143,13 +143,18 @@ def plan(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> None:
     """The whole job on this process: plan, render the windows not yet stored, stitch."""
     from .farm.local import run_job
+    from .farm.schedule import WindowFailed
     from .farm.store import StoreError
 
     t0 = time.perf_counter()
     try:
         info = run_job(cfg)
-    except StoreError as e:  # e.g. the store holds another job: one line, exit 1
+    except (StoreError, WindowFailed) as e:  # e.g. the store holds another job: one line, exit 1
         raise ValueError(str(e)) from e
+    except RuntimeError as e:
+        if type(e).__name__ == "FarmError":  # ray_farm is imported only with farm=ray
+            raise ValueError(str(e)) from e
+        raise
     print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s, {info.width}x{info.height}, "
           f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s")
 

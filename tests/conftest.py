@@ -3,6 +3,10 @@ import os
 # Tests never touch the network; transformers/hub must stay offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray in tests: no token auth, no usage report, no memory-monitor kills on a small CI box.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_memory_usage_threshold", "0.98")
 
 
 def pytest_terminal_summary(terminalreporter):

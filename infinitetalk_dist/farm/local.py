@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +33,8 @@ from .plan import Plan, make_plan
 from .store import JobStore, hash_file
 from .stitch import stitch
 
-__all__ = ["FARM_DEFAULTS", "farm_options", "job_inputs", "job_settings", "plan_sources", "run_job", "store_url"]
+__all__ = ["FARM_DEFAULTS", "Job", "farm_options", "job_inputs", "job_settings", "plan_sources", "prepare_job", "run_job",
+           "store_url"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ FARM_DEFAULTS = {
     "max_s": 120.0,
     "min_pause_s": 0.3,
     "shot_threshold": 27.0,
+    "backend": "local",
+    "max_attempts": 3,
+    "metrics_port": None,
 }
 
 # Config paths that say how a job runs, not what it renders: left out of the stored settings so
@@ -116,19 +121,62 @@ def job_inputs(cfg: DictConfig) -> dict[str, str]:
     return {k: hash_file(v) for k, v in files.items()}
 
 
-def run_job(cfg: DictConfig, *, models: Models | None = None) -> WrittenVideo:
-    """Render the job ``cfg`` window by window into its store, then stitch ``cfg.output``."""
-    from .render import render_window
+@dataclass
+class Job:
+    """A job ready to run: its inputs, plan, opened store and the windows still to render."""
 
+    cfg: DictConfig
+    output: Path
+    sources: Sources
+    plan: Plan
+    store: JobStore
+    done: set[int]
+    todo: list  # windows not in the store, longest first
+
+    def stitch(self) -> WrittenVideo:
+        audio = self.sources.mix_original
+        return stitch(self.store.iter_windows(self.plan.windows), self.plan, self.output, audio=audio,
+                      audio_sr=48000 if not isinstance(audio, str) else None)
+
+    def report(self, attempts, *, replicas: int, wall_s: float, backend: str, gpus_per_replica: int = 0,
+               error: str | None = None) -> None:
+        """Write the job report into the store (a failure to write it only warns)."""
+        from .report import write_report
+
+        try:
+            path = write_report(self.store, self.plan, attempts, replicas=replicas, wall_s=wall_s,
+                                wave_16k=self.sources.audio.mix, backend=backend,
+                                gpus_per_replica=gpus_per_replica, already_done=len(self.done), error=error)
+            log.info("job report: %s", path)
+        except Exception as e:  # the report must never hide the job's own outcome
+            log.warning("could not write the job report (%s: %s)", type(e).__name__, e)
+
+
+def prepare_job(cfg: DictConfig) -> Job:
+    """Inputs, plan, store (created or resumed: the same job only) and what is left to do."""
     output = _output(cfg)
     sources = resolve_sources(cfg, output)
     plan = plan_sources(cfg, sources)
     store = JobStore.create_or_open(store_url(cfg), plan.to_json(), job_settings(cfg), job_inputs(cfg))
     done = store.done()
     todo = sorted((w for w in plan.windows if w.index not in done), key=lambda w: (-w.cost, -w.frames, w.index))
-    n = len(plan.windows)
     log.info("%s\njob store %s: %d of %d windows done, %d to render", plan.summary(), store.url,
-             len(done), n, len(todo))
+             len(done), len(plan.windows), len(todo))
+    return Job(cfg, output, sources, plan, store, done, todo)
+
+
+def run_job(cfg: DictConfig, *, models: Models | None = None) -> WrittenVideo:
+    """Render the job ``cfg`` window by window into its store, then stitch ``cfg.output``.
+    ``farm.backend: ray`` hands the windows to replicas on a Ray cluster (farm/ray_farm.py)."""
+    if farm_options(cfg).get("backend") == "ray":
+        from .ray_farm import run_job_ray
+
+        return run_job_ray(cfg)
+    from .render import render_window
+    from .schedule import Attempt
+
+    job = prepare_job(cfg)
+    todo, attempts, t_job = job.todo, [], time.perf_counter()
     if todo:
         models = models or build_models(cfg)
         bar = None
@@ -143,17 +191,25 @@ def run_job(cfg: DictConfig, *, models: Models | None = None) -> WrittenVideo:
                 if bar is not None:
                     bar.set_description(f"window {k}/{len(todo)}")
                 t0 = time.perf_counter()
+                attempts.append(Attempt(w.index, 0, t0 - t_job))
                 local = os.path.join(scratch, f"{w.index:05d}.mp4")
-                render_window(cfg, models, sources, w, local)
-                store.put_window(w.index, local)
+                render_window(cfg, models, job.sources, w, local)
+                job.store.put_window(w.index, local)
                 os.unlink(local)
+                attempts[-1].end, attempts[-1].outcome = time.perf_counter() - t_job, "done"
                 log.info("%s rendered in %.1f s", label, time.perf_counter() - t0)
                 if bar is not None:
                     bar.update(1)
+        except BaseException as e:
+            if attempts and attempts[-1].end is None:
+                attempts[-1].end, attempts[-1].outcome = time.perf_counter() - t_job, "failed"
+                attempts[-1].cause = f"{type(e).__name__}: {e}"
+            job.report(attempts, replicas=1, wall_s=time.perf_counter() - t_job, backend="local",
+                       error=f"{type(e).__name__}: {e}")
+            raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             if bar is not None:
                 bar.close()
-    audio = sources.mix_original
-    return stitch(store.iter_windows(plan.windows), plan, output, audio=audio,
-                  audio_sr=48000 if not isinstance(audio, str) else None)
+    job.report(attempts, replicas=1, wall_s=time.perf_counter() - t_job, backend="local")
+    return job.stitch()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CUT_KINDS", "FPS", "Plan", "Window", "chunks_for", "draw_plan", "make_plan", "plan_job", "window_seed"]
+__all__ = ["CUT_KINDS", "FPS", "Plan", "Window", "chunks_for", "draw_plan", "make_plan", "plan_job", "save_png", "window_seed"]
 
 FPS = 25
 CUT_KINDS = ("start", "shot", "silence", "forced")
@@ -343,6 +343,11 @@ def draw_plan(plan: Plan, wave_16k: np.ndarray | None, path_png: str | os.PathLi
     d.rectangle([lx, height - 16, lx + 10, height - 6], fill=(150, 150, 150))
     d.text((lx + 14, height - 18), "overlap", fill=(0, 0, 0))
 
+    return save_png(img, path_png)
+
+
+def save_png(img, path_png: str | os.PathLike) -> str:
+    """Write a PIL image as PNG atomically (temp file next to it, then rename)."""
     path = os.fspath(path_png)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".png.tmp", dir=folder)

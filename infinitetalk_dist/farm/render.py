@@ -43,11 +43,14 @@ def _audio_slice(track: np.ndarray, start: int, end: int) -> np.ndarray:
 
 
 def render_window(cfg: DictConfig, models: Models, sources: Sources, window: Any,
-                  out_mp4_path: str | os.PathLike, *, progress=None, crf: int = WINDOW_CRF) -> WrittenVideo:
+                  out_mp4_path: str | os.PathLike | None, *, progress=None, predict=None,
+                  crf: int = WINDOW_CRF) -> WrittenVideo | None:
     """Render frames ``[window.start, window.end)`` of the job ``cfg`` to ``out_mp4_path``
     (H.264, no audio, ``crf``), written atomically. ``window``: a :class:`~.plan.Window` (or
     anything with ``index``, ``start``, ``end``, ``seed``). ``progress``: called after every
-    sampling step with a :class:`~infinitetalk_dist.pipeline.loop.StepProgress`.
+    sampling step with a :class:`~infinitetalk_dist.pipeline.loop.StepProgress`. ``predict``:
+    the replica's branch prediction (:func:`~infinitetalk_dist.pipeline.generate.replica_runtime`);
+    ranks other than the writer pass ``out_mp4_path=None`` and get None.
 
     Deterministic: the same window of the same job gives the same bytes.
     """
@@ -62,7 +65,9 @@ def render_window(cfg: DictConfig, models: Models, sources: Sources, window: Any
                                    seed=int(window.seed))
     tracks = [_audio_slice(track, start, end) for track in sources.audio.tracks]
     video = render_frames(cfg, models, sources, tracks, settings, start=start, progress=progress,
-                          show_progress=False)
+                          predict=predict, show_progress=False)
+    if out_mp4_path is None:
+        return None
     if video.shape[1] < frames:
         raise ValueError(f"window {window.index}: the generator made {video.shape[1]} frames, need {frames}")
     Path(out_mp4_path).parent.mkdir(parents=True, exist_ok=True)

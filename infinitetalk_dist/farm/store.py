@@ -231,11 +231,17 @@ class JobStore:
     def put_window(self, index: int, local_mp4_path: str | os.PathLike) -> str:
         """Upload a finished window atomically and mark it done; returns its sha256.
 
-        The file goes to a temporary name in ``windows/``, its size is checked, then it is
-        moved to ``windows/{index:05d}.mp4`` and the manifest is rewritten (atomically) with
-        its sha256 and size. Raises :class:`StoreError` on any write failure; what was done
-        before stays done.
+        :meth:`upload_window` then :meth:`record_window` (the single-process path). Raises
+        :class:`StoreError` on any write failure; what was done before stays done.
         """
+        digest, size = self.upload_window(index, local_mp4_path)
+        self.record_window(index, digest, size)
+        return digest
+
+    def upload_window(self, index: int, local_mp4_path: str | os.PathLike) -> tuple[str, int]:
+        """Copy a finished window's file into ``windows/{index:05d}.mp4`` atomically (temporary
+        name, size check, move) without touching the manifest: replicas call this, the driver
+        then records it (:meth:`record_window`). Returns ``(sha256, size)``."""
         index = int(index)
         src = os.fspath(local_mp4_path)
         try:
@@ -245,7 +251,7 @@ class JobStore:
             raise StoreError(f"window {index}: cannot read {src} ({type(e).__name__}: {e})") from e
         if size == 0:
             raise StoreError(f"window {index}: {src} is empty")
-        m = self.manifest
+
         def upload(tmp: str) -> None:
             self.fs.makedirs(self._p("windows"), exist_ok=True)
             self.fs.put_file(src, tmp)
@@ -253,10 +259,33 @@ class JobStore:
         self._put_atomic(upload, self._wp(index),
                          self._p("windows", f".{index:05d}.mp4.{secrets.token_hex(4)}.part"), size,
                          f"cannot store window {index}", "earlier windows are unaffected")
-        new = json.loads(json.dumps(m))  # a copy: the cached manifest changes only once written
-        new.setdefault("windows", {})[str(index)] = {"state": "done", "sha256": digest, "size": size}
+        return digest, size
+
+    def record_window(self, index: int, digest: str, size: int) -> None:
+        """Mark an uploaded window done in the manifest (written atomically). The file must be
+        in the store with ``size`` bytes; its sha256 is checked on every :meth:`done`."""
+        index = int(index)
+        path = self._wp(index)
+        try:
+            got = self.fs.size(path) if self.fs.exists(path) else None
+        except OSError as e:
+            raise StoreError(f"job store {self.url}: cannot read window {index} ({e})") from e
+        if got != size:
+            raise StoreError(f"job store {self.url}: window {index} file {self.window_path(index)} has "
+                             f"{got} bytes, the replica reported {size}")
+        new = json.loads(json.dumps(self.manifest))  # a copy: the cached one changes once written
+        new.setdefault("windows", {})[str(index)] = {"state": "done", "sha256": digest, "size": int(size)}
         self._write_manifest(new)
-        return digest
+
+    def put_file(self, name: str, local_path: str | os.PathLike) -> str:
+        """Store a job artefact (report, pictures) at ``name`` under the job folder, atomically.
+        Returns its path on the store."""
+        src = os.fspath(local_path)
+        final = self._p(name)
+        self._put_atomic(lambda tmp: self.fs.put_file(src, tmp), final,
+                         self._p(f".{name}.{secrets.token_hex(4)}.part"), os.path.getsize(src),
+                         f"cannot write {name}", "the job's windows are unaffected")
+        return final if self.is_local else self.fs.unstrip_protocol(final)
 
     def done(self, *, verify: bool = True) -> set[int]:
         """Windows whose file exists with the size (and, with ``verify``, the sha256) recorded

@@ -18,39 +18,10 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from infinitetalk_dist import cli
-from infinitetalk_dist.parallel import ParallelState, init_distributed, load_sharded_dit, parallelize_dit, predict_branches
+from infinitetalk_dist.parallel import ParallelState, init_distributed
+from infinitetalk_dist.pipeline.generate import replica_runtime
 
 log = logging.getLogger("infinitetalk_dist.launch")
-
-
-def replica_runtime(cfg: DictConfig, state: ParallelState):
-    """This rank's models (DiT parallelised) and the CFG-parallel branch prediction."""
-    if cfg.sampler.teacache and cfg.parallel.cfg > 1:
-        raise ValueError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
-    from infinitetalk_dist.pipeline.generate import Runtime, build_models
-
-    if cfg.model.weights:
-        from dataclasses import replace
-        from pathlib import Path
-
-        from infinitetalk_dist.models.weights import WeightsLayout
-
-        lay = WeightsLayout(Path(cfg.model.weights), cfg.model.variant)
-        loras = [(lo.path, float(lo.strength)) for lo in cfg.model.get("loras", [])]
-        dit = load_sharded_dit(lay.wan, lay.infinitetalk, state, dtype=cli_dtype(cfg), loras=loras,
-                               attn_backend=cfg.attention, fsdp=cfg.parallel.fsdp)
-        models = replace(build_models(cfg, skip=("dit",)), dit=dit)
-    else:  # the tiny preset: the same seeded weights on every rank, then parallelised
-        models = build_models(cfg)
-        parallelize_dit(models.dit, state, fsdp=cfg.parallel.fsdp)
-    return Runtime(models=models, predict=lambda branches: predict_branches(models.dit, branches, state),
-                   writer=state.rank == 0)
-
-
-def cli_dtype(cfg: DictConfig) -> torch.dtype:
-    from infinitetalk_dist.pipeline.generate import _dtype
-
-    return _dtype(cfg.dtype)
 
 
 def generate(cfg: DictConfig) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.wav2vec2 import num_video_frames
-from infinitetalk_dist.parallel import ParallelState, predict_branches
+from infinitetalk_dist.parallel import ParallelState, load_sharded_dit, parallelize_dit, predict_branches
 
 from .audio import SpeakerAudio, audio_features, load_audio, prepare_audio, prepare_speakers
 from .conditioning import image_to_tensor, pick_bucket, speaker_masks
@@ -136,6 +136,32 @@ class Runtime:
     models: Models | None = None
     predict: object = None  # Components.predict; None: one batched forward per step
     writer: bool = True
+
+
+def replica_runtime(cfg: DictConfig, state: ParallelState) -> Runtime:
+    """This rank's part of a replica of ``state.world_size`` processes (an initialised process
+    group): the DiT FSDP-sharded / sequence-parallel as ``state`` says (official weights are
+    loaded straight into their shards), the other models replicated, the CFG-parallel branch
+    prediction, and ``writer`` on rank 0. Used by the torchrun entry and the farm's replicas."""
+    if cfg.sampler.teacache and state.cfg_size > 1:
+        raise ValueError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
+    if state.world_size == 1:
+        return Runtime(models=build_models(cfg))
+    if cfg.model.weights:
+        from dataclasses import replace
+
+        from infinitetalk_dist.models.weights import WeightsLayout
+
+        lay = WeightsLayout(Path(cfg.model.weights), cfg.model.variant)
+        loras = [(lo.path, float(lo.strength)) for lo in cfg.model.get("loras", [])]
+        dit = load_sharded_dit(lay.wan, lay.infinitetalk, state, dtype=_dtype(cfg.dtype), loras=loras,
+                               attn_backend=cfg.attention, fsdp=cfg.parallel.fsdp)
+        models = replace(build_models(cfg, skip=("dit",)), dit=dit)
+    else:  # the tiny preset: the same seeded weights on every rank, then parallelised
+        models = build_models(cfg)
+        parallelize_dit(models.dit, state, fsdp=cfg.parallel.fsdp)
+    return Runtime(models=models, predict=lambda branches: predict_branches(models.dit, branches, state),
+                   writer=state.rank == 0)
 
 
 def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | None:

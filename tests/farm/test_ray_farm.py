@@ -1,0 +1,286 @@
+"""The farm on a real local Ray cluster (CPU, fake GPUs, tiny preset): replicas, equality with
+farm=local, faults (killed actor, killed driver, corrupted window, failing window, full store),
+metrics scraped over HTTP, the job report, and `ray job submit`."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from infinitetalk_dist.cli import main  # noqa: E402
+from infinitetalk_dist.farm.store import JobStore  # noqa: E402
+from infinitetalk_dist.samples import write_demo_inputs  # noqa: E402
+
+FAST = ["sampler.steps=2", "sampler.frame_num=17", "sampler.motion_frame=5", "--no-progress"]
+# 4 s of audio -> 3 windows (44/43/33 frames) balanced over 2 replicas.
+FARM = ["farm.min_s=1.0", "farm.target_s=1.5", "farm.overlap_s=0.4", "farm.replicas=2"]
+RAY = ["farm=ray", "farm.gpus_per_replica=1"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ray_init(**kw):
+    ray.init(address="local", num_cpus=2, num_gpus=4, object_store_memory=256 * 2**20,
+             include_dashboard=False, log_to_driver=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if ray.is_initialized():
+        ray.shutdown()
+    _ray_init()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ray-in")
+    image, audio = write_demo_inputs(d, seconds=4.0)
+    return ["--image", str(image), "--audio", str(audio), *FAST, *FARM]
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """The same job with farm=local: the film every farm run must reproduce byte for byte."""
+    out = tmp_path_factory.mktemp("ray-ref") / "film.mp4"
+    assert main(["run", *inputs, "-o", str(out)]) == 0
+    return out.read_bytes()
+
+
+def _timeline(out: Path) -> list[dict]:
+    return json.loads((Path(f"{out}.job") / "timeline.json").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_two_replicas_equal_local_and_report(cluster, inputs, reference, tmp_path):
+    out = tmp_path / "film.mp4"
+    assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
+    assert out.read_bytes() == reference
+    tl = _timeline(out)
+    assert sorted(a["window"] for a in tl if a["outcome"] == "done") == [0, 1, 2]
+    assert {a["replica"] for a in tl} == {0, 1}  # both replicas worked
+    first = min(tl, key=lambda a: a["start"])
+    assert first["window"] in (1, 2)  # longest first (#0 is the shortest)
+    job = Path(f"{out}.job")
+    report = (job / "report.md").read_text()
+    assert "![gantt](gantt.png)" in report and "backend: ray, 2 replica(s) x 1 GPU(s)" in report
+    for name in ("plan.png", "gantt.png"):
+        assert (job / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'itd_windows{state="done"} 3.0' in (job / "metrics.prom").read_text()
+
+
+def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, reference, tmp_path):
+    """Kill replica 0's actor while a window renders (seen through the metrics endpoint, which
+    this also scrapes): the window is re-queued, the replica rebuilt, the film unchanged."""
+    out, port = tmp_path / "film.mp4", _free_port()
+    seen: list[dict] = []
+    killed: list[str] = []
+
+    def chaos():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            try:
+                m = _scrape(port)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            seen.append(m)
+            if m.get('itd_windows{state="running"}', 0) >= 2:  # both replicas are rendering
+                time.sleep(0.5)  # well inside a window (~3 s each)
+                ray.kill(ray.get_actor("itd-r0-k0-b1"), no_restart=True)
+                killed.append("itd-r0-k0-b1")
+            time.sleep(0.1)
+
+    t = threading.Thread(target=chaos, daemon=True)
+    t.start()
+    assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={port}"]) == 0
+    t.join(timeout=5)
+    assert killed, "the test never saw a running window to kill"
+    assert seen and seen[0]["itd_windows_total"] == 3.0  # scraped over HTTP during the run
+    assert out.read_bytes() == reference
+    tl = _timeline(out)
+    assert [a["outcome"] for a in tl].count("lost") == 1
+    assert sorted(a["window"] for a in tl if a["outcome"] == "done") == [0, 1, 2]
+    final = (Path(f"{out}.job") / "metrics.prom").read_text()
+    assert "itd_window_retries_total 1.0" in final and "itd_replica_restarts_total 1.0" in final
+
+
+def test_corrupted_window_is_rerendered(cluster, inputs, reference, tmp_path):
+    out = tmp_path / "film.mp4"
+    assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
+    victim = Path(f"{out}.job") / "windows" / "00002.mp4"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="does not match its recorded sha256"):
+        assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
+    assert [a["window"] for a in _timeline(out)] == [2]
+    assert out.read_bytes() == reference
+
+
+def test_store_full_fails_cleanly_and_keeps_windows(cluster, inputs, reference, tmp_path, monkeypatch, capsys):
+    """The manifest write after the 2nd finished window hits ENOSPC: one clear error, the
+    first window stays done, and a re-run (disk freed) completes the same film."""
+    out = tmp_path / "film.mp4"
+    real, calls = JobStore._write_bytes, []
+
+    def full_after_two(self, path, data):
+        calls.append(path)
+        if len(calls) >= 3:  # 1: new manifest, 2: first window, 3: second window
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path, data)
+
+    monkeypatch.setattr(JobStore, "_write_bytes", full_after_two)
+    assert main(["run", *inputs, *RAY, "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and err.count("error:") == 1
+    assert not out.exists()
+    monkeypatch.setattr(JobStore, "_write_bytes", real)
+    assert len(JobStore(f"{out}.job").done()) == 1
+    assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
+    assert len([a for a in _timeline(out) if a["outcome"] == "done"]) == 2
+    assert out.read_bytes() == reference
+
+
+def test_replica_of_two_ranks(cluster, inputs, reference, tmp_path):
+    """One replica = 2 actors in one gloo group (Ulysses sp=2, FSDP over both): same frames as
+    one process up to float reordering."""
+    out = tmp_path / "film.mp4"
+    # 2 replicas x 2 ranks on a 2-CPU cluster: half a CPU per actor.
+    assert main(["run", *inputs, "farm=ray", "farm.gpus_per_replica=2", "farm.cpus_per_actor=0.5",
+                 "-o", str(out)]) == 0
+    ref = tmp_path / "ref.mp4"
+    ref.write_bytes(reference)
+    a, b = _decode(out), _decode(ref)
+    assert a.shape == b.shape
+    diff = np.abs(a.astype(int) - b).mean()
+    print(f"replica of 2 ranks vs local: mean |diff| {diff:.3f} levels")
+    assert diff < 1.0
+
+
+def test_replicas_that_cannot_be_placed_fail_with_what_is_missing(cluster, inputs, tmp_path, capsys):
+    out = tmp_path / "film.mp4"
+    assert main(["run", *inputs, "farm=ray", "farm.gpus_per_replica=8", "farm.placement_timeout_s=2",
+                 "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "could be placed within 2 s" in err and "'GPU': 1.0" in err
+    assert not out.exists()
+
+
+def _decode(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_window_failing_every_retry_fails_the_job(inputs, tmp_path, capsys):
+    """Window 1 raises on every attempt (injected in the Ray workers): the job fails with that
+    cause after farm.max_attempts, the other windows are in the store."""
+    if ray.is_initialized():
+        ray.shutdown()
+    _ray_init(runtime_env={"worker_process_setup_hook": "tests.farm.faults.fail_window",
+                           "env_vars": {"ITD_TEST_FAIL_WINDOW": "1", "PYTHONPATH": str(REPO)}})
+    try:
+        out = tmp_path / "film.mp4"
+        assert main(["run", *inputs, *RAY, "-o", str(out), "farm.max_attempts=2"]) == 1
+        err = capsys.readouterr().err
+        assert "window 1 failed 2 time(s)" in err and "injected failure rendering window 1" in err
+        assert not out.exists()
+        tl = _timeline(out)
+        assert [a["outcome"] for a in tl if a["window"] == 1] == ["failed", "failed"]
+        assert JobStore(f"{out}.job").done() <= {0, 2}
+    finally:
+        ray.shutdown()
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "infinitetalk_dist.launch.ray_job", *args]
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_same_bytes(inputs, reference, tmp_path):
+    """Kill the whole driver (and the Ray instance it started) after a window is stored; the
+    same command resumes: finished windows are not rendered again, same film."""
+    if ray.is_initialized():
+        ray.shutdown()
+    out = tmp_path / "film.mp4"
+    cmd = _cli("run", *inputs, "farm.gpus_per_replica=0", "farm.cpus_per_actor=1", "-o", str(out))
+    p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = Path(f"{out}.job") / "manifest.json"
+    deadline, done = time.time() + 240, 0
+    while time.time() < deadline and p.poll() is None:
+        if manifest.exists():
+            try:
+                states = json.loads(manifest.read_text())["windows"].values()
+                done = sum(s["state"] == "done" for s in states)
+            except ValueError:
+                pass
+            if done >= 1:
+                break
+        time.sleep(0.05)
+    assert p.poll() is None and done >= 1, f"the driver ended before it could be killed: {p.stderr.read()[-2000:]}"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done_at_kill = len(JobStore(f"{out}.job").done())
+    assert 1 <= done_at_kill < 3
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rendered = [a["window"] for a in _timeline(out) if a["outcome"] == "done"]
+    assert len(rendered) == 3 - done_at_kill  # at most the windows in flight (one per replica)
+    assert out.read_bytes() == reference
+
+
+@pytest.mark.slow
+def test_ray_job_submit_against_a_local_head(inputs, reference, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ray_bin = str(Path(sys.executable).with_name("ray"))  # the venv's, activated or not
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
+                             "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "film.mp4"
+        submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+                  *_cli("run", *inputs, *RAY[1:], "-o", str(out))]
+        deadline = time.time() + 90
+        while True:  # the dashboard's job API comes up a few seconds after the head
+            r = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
+            if r.returncode == 0 or time.time() > deadline or "succeeded" in r.stdout:
+                break
+            time.sleep(2)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        assert "succeeded" in r.stdout
+        assert out.read_bytes() == reference
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
