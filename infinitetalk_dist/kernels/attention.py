@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash3", "sage")
+ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash2", "flash3", "sage")
 _ENV = "INFINITETALK_ATTENTION"
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -32,7 +32,20 @@ def _sdpa(q, k, v, mask, scale):
 def _cudnn(q, k, v, mask, scale):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+    # set_priority: without it SDPA keeps its own order (FlashAttention-2 first) and cuDNN is
+    # never picked while flash is allowed. Flash stays as the fallback for shapes cuDNN refuses.
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True):
+        return _sdpa(q, k, v, mask, scale)
+
+
+def _flash2(q, k, v, mask, scale):
+    """PyTorch's FlashAttention-2 only: what the reference runs (flash_attn 2), the benchmarks'
+    baseline. SDPA's own pick on Hopper is cuDNN when it takes the shape."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if mask is not None:
+        return _sdpa(q, k, v, mask, scale)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         return _sdpa(q, k, v, mask, scale)
 
 
@@ -53,7 +66,7 @@ def _sage(q, k, v, mask, scale):
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
 
 
-_IMPL: dict[str, Callable] = {"sdpa": _sdpa, "cudnn": _cudnn, "flash3": _flash3, "sage": _sage}
+_IMPL: dict[str, Callable] = {"sdpa": _sdpa, "cudnn": _cudnn, "flash2": _flash2, "flash3": _flash3, "sage": _sage}
 _PACKAGE = {"flash3": "flash_attn_interface", "sage": "sageattention"}
 
 
@@ -62,7 +75,7 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     names = ["sdpa"]
     if cuda:
-        names.append("cudnn")
+        names += ["cudnn", "flash2"]
         names += [n for n, pkg in _PACKAGE.items() if importlib.util.find_spec(pkg) is not None]
     return names
 
@@ -101,7 +114,7 @@ def attention(
     ``scale`` defaults to ``1/sqrt(D)``. Output has q's dtype and layout.
     """
     name = backend or resolve_backend(None)
-    if name in ("cudnn", "flash3", "sage") and (q.device.type != "cuda" or q.dtype not in _HALF):
+    if name in ("cudnn", "flash2", "flash3", "sage") and (q.device.type != "cuda" or q.dtype not in _HALF):
         name = "sdpa"  # those kernels take only fp16/bf16 CUDA tensors
     mask = None
     if isinstance(k_lens, int):

@@ -10,7 +10,7 @@ Imports only torch (and the models): usable on the GPU image. Typical use::
 
 from .cfg import batch_branches, plan_branches, predict_branches
 from .fsdp import fully_shard_dit, is_sharded, load_sharded_dit, local_param_bytes, random_sharded_dit
-from .parallelize import parallelize_dit
+from .parallelize import compile_blocks, fp8_linears, parallelize_dit
 from .state import ParallelState, init_distributed
 from .ulysses import check_heads
 
@@ -18,6 +18,8 @@ __all__ = [
     "ParallelState",
     "batch_branches",
     "check_heads",
+    "compile_blocks",
+    "fp8_linears",
     "fully_shard_dit",
     "init_distributed",
     "is_sharded",

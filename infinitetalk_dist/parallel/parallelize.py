@@ -17,7 +17,7 @@ from .fsdp import fully_shard_dit
 from .state import ParallelState
 from .ulysses import SequenceShard, ShardedSpeakerMap, UlyssesAttention, check_heads
 
-__all__ = ["parallelize_dit"]
+__all__ = ["compile_blocks", "fp8_linears", "parallelize_dit"]
 
 
 def parallelize_dit(model: InfiniteTalkDiT, state: ParallelState, *, fsdp: bool = True,
@@ -44,4 +44,31 @@ def parallelize_dit(model: InfiniteTalkDiT, state: ParallelState, *, fsdp: bool 
         model.sequence = SequenceShard(state.sp_size, state.sp_rank, group)
     if fsdp and state.world_size > 1:
         fully_shard_dit(model, state, dtype)
+    return model
+
+
+def compile_blocks(model: InfiniteTalkDiT, **compile_kw) -> InfiniteTalkDiT:
+    """``torch.compile`` each DiT block in place (parameter names unchanged): Inductor fuses the
+    elementwise chain around the matmuls and attention (float32 modulation, LayerNorm/RMSNorm,
+    RoPE, gates, tanh-GELU). The blocks share one compiled graph (same code, parameters as
+    inputs). Apply after :func:`parallelize_dit` so the swapped-in seams are traced too."""
+    for block in model.blocks:
+        block.compile(**compile_kw)
+    return model
+
+
+def fp8_linears(model: InfiniteTalkDiT) -> InfiniteTalkDiT:
+    """Replace the blocks' linear layers by fp8 row-scaled ones (``kernels.fp8``), in place.
+
+    The embeddings, the head and the float32 time projections stay as they are. Costs one
+    quantisation pass over the weights and halves their memory; the output error against the
+    bf16 path is reported by ``benchmarks/dit_forward.py``. Not for FSDP-sharded models.
+    """
+    from infinitetalk_dist.kernels.fp8 import Fp8Linear
+
+    for block in model.blocks:
+        for name, mod in list(block.named_modules()):
+            if type(mod) is torch.nn.Linear and mod.in_features % 16 == 0 and mod.out_features % 16 == 0:
+                parent = block.get_submodule(name.rpartition(".")[0]) if "." in name else block
+                setattr(parent, name.rpartition(".")[2], Fp8Linear.from_linear(mod))
     return model

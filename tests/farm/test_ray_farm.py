@@ -39,12 +39,19 @@ def _ray_init(**kw):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def _module_ray():
+    yield
     if ray.is_initialized():
         ray.shutdown()
-    _ray_init()
-    yield
-    ray.shutdown()
+
+
+@pytest.fixture
+def cluster(_module_ray):
+    """The shared test cluster (2 CPUs, 4 fake GPUs); started again if a test replaced it."""
+    if ray.is_initialized() and ray.cluster_resources().get("GPU") != 4:
+        ray.shutdown()
+    if not ray.is_initialized():
+        _ray_init()
 
 
 @pytest.fixture(scope="module")
