@@ -72,3 +72,31 @@ def test_vae_golden_on_cuda(case_name):
     inp, out = tensors(c, "inputs.safetensors"), tensors(c, "outputs.safetensors")
     assert_close(f"{case_name} latent (cuda fp32)", model.encode(inp["video"][None].cuda())[0], out["latent"])
     assert_close(f"{case_name} decoded (cuda fp32)", model.decode(out["latent"][None].cuda())[0], out["decoded"])
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cudnn_backend_really_runs_cudnn():
+    """SDPA keeps its own priority unless told: the cudnn backend must not silently be flash."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4096, 8, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    assert not torch.equal(attention(q, k, v, backend="cudnn"), attention(q, k, v, backend="flash2"))
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_fp8_scaled_mm_matches_the_cpu_emulation():
+    from infinitetalk_dist.kernels.fp8 import Fp8Linear, fp8_supported
+
+    if not fp8_supported("cuda"):
+        pytest.skip("fp8 matmul needs compute capability >= 8.9")
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(512, 256).requires_grad_(False)
+    lin.weight.copy_(torch.randn(256, 512, generator=g) / 20)
+    x = torch.randn(100, 512, generator=g).bfloat16()  # the same input quantises the same way
+    fp8 = Fp8Linear.from_linear(lin)
+    emulated = fp8(x).float()
+    on_gpu = fp8.cuda()(x.cuda()).float().cpu()
+    err = rel_l2(on_gpu, emulated)
+    record(f"fp8 linear: torch._scaled_mm vs CPU emulation: rel L2 = {err:.2e}")
+    assert err < 5e-3  # bf16 output rounding and fast accumulation only

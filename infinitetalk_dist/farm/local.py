@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from infinitetalk_dist.models.build import Models
-from infinitetalk_dist.pipeline.generate import FPS, InputError, Sources, build_models, resolve_sources
+from infinitetalk_dist.pipeline.generate import FPS, InputError, Sources, build_models, resolve_sources, speed_up_dit
 from infinitetalk_dist.pipeline.media import WrittenVideo
 
 from .plan import Plan, make_plan
@@ -54,7 +54,7 @@ FARM_DEFAULTS = {
 
 # Config paths that say how a job runs, not what it renders: left out of the stored settings so
 # a job can be resumed elsewhere (another device, attention backend, output name, parallelism).
-_EXECUTION_KEYS = ("output", "progress", "device", "attention", "parallel", "smoke", "farm")
+_EXECUTION_KEYS = ("output", "progress", "device", "attention", "compile", "parallel", "smoke", "farm")
 _INPUT_FILES = ("image", "video", "audio", "audio2", "demo_dir")
 
 
@@ -178,7 +178,9 @@ def run_job(cfg: DictConfig, *, models: Models | None = None) -> WrittenVideo:
     job = prepare_job(cfg)
     todo, attempts, t_job = job.todo, [], time.perf_counter()
     if todo:
-        models = models or build_models(cfg)
+        if models is None:
+            models = build_models(cfg)
+            speed_up_dit(cfg, models.dit)
         bar = None
         if cfg.progress:
             from tqdm import tqdm

@@ -18,7 +18,8 @@ from PIL import Image
 
 from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.wav2vec2 import num_video_frames
-from infinitetalk_dist.parallel import ParallelState, load_sharded_dit, parallelize_dit, predict_branches
+from infinitetalk_dist.parallel import (ParallelState, compile_blocks, fp8_linears, load_sharded_dit, parallelize_dit,
+                                       predict_branches)
 
 from .audio import SpeakerAudio, audio_features, load_audio, prepare_audio, prepare_speakers
 from .conditioning import image_to_tensor, pick_bucket, speaker_masks
@@ -103,6 +104,22 @@ def build_models(cfg: DictConfig, skip: tuple[str, ...] = ()) -> Models:
     return models
 
 
+def speed_up_dit(cfg: DictConfig, dit, world: int = 1):
+    """The DiT fast paths of the config, applied in place (benchmarks/RESULTS.md has their
+    times and errors): ``fp8`` row-scaled fp8 linears in the blocks (one rank per replica
+    only), then ``compile`` (``auto``: on CUDA with one rank per replica; ``true``: always)."""
+    fp8, comp = bool(cfg.get("fp8", False)), cfg.get("compile", "auto")
+    if fp8:
+        if world > 1:
+            raise ValueError("fp8=true needs one rank per replica (FSDP shards bf16 weights)")
+        fp8_linears(dit)
+    if comp is True or (comp == "auto" and torch.device(cfg.device).type == "cuda" and world == 1):
+        compile_blocks(dit)
+    elif comp not in (False, "auto", None):
+        raise ValueError(f"compile must be auto, true or false, got {comp!r}")
+    return dit
+
+
 def _tokenizer(cfg: DictConfig, models: Models):
     t5 = models.preset.t5
     if cfg.model.weights:
@@ -146,7 +163,9 @@ def replica_runtime(cfg: DictConfig, state: ParallelState) -> Runtime:
     if cfg.sampler.teacache and state.cfg_size > 1:
         raise ValueError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
     if state.world_size == 1:
-        return Runtime(models=build_models(cfg))
+        models = build_models(cfg)
+        speed_up_dit(cfg, models.dit)
+        return Runtime(models=models)
     if cfg.model.weights:
         from dataclasses import replace
 
@@ -160,6 +179,7 @@ def replica_runtime(cfg: DictConfig, state: ParallelState) -> Runtime:
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
         models = build_models(cfg)
         parallelize_dit(models.dit, state, fsdp=cfg.parallel.fsdp)
+    speed_up_dit(cfg, models.dit, state.world_size)
     return Runtime(models=models, predict=lambda branches: predict_branches(models.dit, branches, state),
                    writer=state.rank == 0)
 
@@ -174,7 +194,10 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
     if output.suffix.lower() != ".mp4":
         raise InputError(f"output must be an .mp4 file, got {output}")
     src = resolve_sources(cfg, output)
-    models = runtime.models or build_models(cfg)
+    models = runtime.models
+    if models is None:
+        models = build_models(cfg)
+        speed_up_dit(cfg, models.dit)
     size = output_size(cfg, models, src.picture)[0]
     video = render_frames(cfg, models, src, src.audio.tracks, window_settings(cfg, size, src.frames),
                           predict=runtime.predict, show_progress=runtime.writer)
