@@ -101,6 +101,10 @@ class WindowSettings:
     seed: int = 0  # used when no generator is passed
     num_timesteps: int = 1000
     audio_radius: int = 2  # each frame's audio window: the frame and 2 neighbours either side
+    # An unchanged reference frame (every chunk of an I2V window) reuses the previous chunk's
+    # CLIP features and 81-frame conditioning encode (exact: they depend on the frame alone).
+    # False: encode every chunk, as the reference code does (the replay parity tests).
+    reuse_reference_encode: bool = True
 
 
 @dataclass
@@ -171,18 +175,26 @@ class _Chunk:
 
 
 def _prepare_chunk(components: Components, image: torch.Tensor, motion_pixels: torch.Tensor | None,
-                   audio: Sequence[torch.Tensor], start: int, s: WindowSettings, device: torch.device) -> _Chunk:
+                   audio: Sequence[torch.Tensor], start: int, s: WindowSettings, device: torch.device,
+                   reuse: dict) -> _Chunk:
     """Conditioning of the chunk starting at frame ``start``. The two VAE encodes run in the
-    reference's order: [reference frame, zero frames] first, then the motion frames."""
-    chunk_audio = audio_windows(audio, start, s.frame_num, s.audio_radius)[None].to(device)
-    clip_fea = components.clip(image)
+    reference's order: [reference frame, zero frames] first, then the motion frames.
 
-    # The reference frame followed by zero (mid-grey) frames; only latent frame 0 is marked known.
-    pixels = torch.cat([image, image.new_zeros(1, 3, s.frame_num - 1, *image.shape[-2:])], dim=2)
-    latent = components.vae_encode(pixels).float()
-    known = torch.zeros(1, 4, *latent.shape[2:], dtype=latent.dtype, device=latent.device)
-    known[:, :, 0] = 1
-    y = torch.cat([known, latent], dim=1)
+    ``reuse`` carries the previous chunk's reference frame with its CLIP features and
+    conditioning latent: both are functions of that frame alone, so an identical frame (every
+    chunk of an I2V window) reuses them instead of encoding 81 frames again — exact."""
+    chunk_audio = audio_windows(audio, start, s.frame_num, s.audio_radius)[None].to(device)
+    if s.reuse_reference_encode and "image" in reuse and torch.equal(reuse["image"], image):
+        clip_fea, y = reuse["clip_fea"], reuse["y"]
+    else:
+        clip_fea = components.clip(image)
+        # The reference frame followed by zero (mid-grey) frames; only latent frame 0 is marked known.
+        pixels = torch.cat([image, image.new_zeros(1, 3, s.frame_num - 1, *image.shape[-2:])], dim=2)
+        latent = components.vae_encode(pixels).float()
+        known = torch.zeros(1, 4, *latent.shape[2:], dtype=latent.dtype, device=latent.device)
+        known[:, :, 0] = 1
+        y = torch.cat([known, latent], dim=1)
+        reuse.update(image=image, clip_fea=clip_fea, y=y)
 
     # First chunk: the reference frame itself; later: the previous chunk's last frames.
     motion_latent = components.vae_encode(image if motion_pixels is None else motion_pixels).float()
@@ -219,6 +231,7 @@ def generate_window(
     color_reference = None
     motion_pixels = None  # the previous chunk's last motion_frame decoded frames
     kept: list[torch.Tensor] = []
+    reuse: dict = {}  # the last reference frame's CLIP features and conditioning latent
     for index, start in enumerate(starts):
         first, last = index == 0, index == len(starts) - 1
         if streaming and last:
@@ -230,7 +243,7 @@ def generate_window(
         if first and s.color_correction_strength > 0:
             color_reference = image.clone()  # colours are matched to the first reference frame
 
-        chunk = _prepare_chunk(components, image, motion_pixels, audio, start, s, device)
+        chunk = _prepare_chunk(components, image, motion_pixels, audio, start, s, device, reuse)
         x0 = sampler.sample(chunk, first, _step_reporter(progress, index, len(starts), s.steps))
 
         video = components.vae_decode(x0).float()

@@ -49,6 +49,7 @@ def _settings(meta: dict) -> WindowSettings:
         apg_norm_threshold=meta.get("apg_norm_threshold", defaults.apg_norm_threshold),
         max_frames_num=meta["max_frames_num"],
         seed=meta["seed"],
+        reuse_reference_encode=False,  # replay the reference's call sequence (one encode per chunk)
     )
 
 
@@ -241,7 +242,8 @@ def test_loop_with_tiny_models_and_color_correction():
         context_null=torch.randn(2, cfg.text_dim, generator=g),
         ref_target_masks=speaker_masks((h, w), (h, w), (h // 8, w // 8), 2, bboxes=[[0, 0, 16, 8], [0, 8, 16, 16]]),
     )
-    settings = WindowSettings(frame_num=9, motion_frame=5, steps=1, color_correction_strength=0.5, seed=3)
+    settings = WindowSettings(frame_num=9, motion_frame=5, steps=1, color_correction_strength=0.5, seed=3,
+                              reuse_reference_encode=False)
 
     real = components_from_models(dit, vae, clip)
     decoded, encoded = [], []
@@ -266,6 +268,13 @@ def test_loop_with_tiny_models_and_color_correction():
     assert torch.equal(video[:, :9], corrected[0][0])
     for k in range(1, len(starts)):
         assert torch.equal(encoded[2 * k + 1], corrected[k - 1][:, :, -settings.motion_frame :])
+
+    # Reusing the unchanged reference frame's encode across chunks is exact, and saves the
+    # [frame, zeros] encode (and CLIP) on every chunk after the first.
+    encoded.clear()
+    reused = generate_window(spy, inputs, WindowSettings(**{**settings.__dict__, "reuse_reference_encode": True}))
+    assert torch.equal(reused, video)
+    assert [v.shape[2] for v in encoded].count(settings.frame_num) == 1 and len(encoded) == len(starts) + 1
 
     # Determinism (one chunk is enough): same seed, same frames; another seed, other frames.
     clip_mode = WindowSettings(**{**settings.__dict__, "max_frames_num": settings.frame_num})
