@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dit_parallel import make_branches  # noqa: E402  (same inputs as the parallel benchmark)
+from dit_parallel import Timer, make_branches  # noqa: E402  (same inputs and timer as the parallel benchmark)
 
 from infinitetalk_dist.models.dit import dit_14b, dit_tiny  # noqa: E402
 from infinitetalk_dist.models.random_init import seeded  # noqa: E402
@@ -60,27 +60,14 @@ def matmul_peak(device: torch.device, n: int = 8192) -> dict[str, float]:
 
 
 def timed(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, float]:
-    """(median seconds, seconds of the warm-up calls)."""
+    """(median seconds of ``repeats`` CUDA-event-timed calls, seconds of the warm-up calls)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     warm = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times), warm
+    return statistics.median(Timer(device)(fn, 0, repeats)), warm
 
 
 def count_flop(model, inputs) -> int:
