@@ -159,11 +159,41 @@ def run(cfg: DictConfig) -> None:
           f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s")
 
 
+def k8s(cfg: DictConfig) -> None:
+    """Render the job's Kubernetes manifests (KubeRay RayCluster/RayJob, plain Job, PodMonitor,
+    Grafana dashboard) into ``k8s.out``; with ``k8s.titles``, one RayJob per CSV row."""
+    import csv
+    from pathlib import Path
+
+    from .launch.k8s import render, write_manifests
+
+    out = Path(cfg.k8s.out or Path(str(cfg.output)).parent / "k8s")
+    defaults = compose([])
+    docs = render(cfg, defaults)
+    if cfg.k8s.titles:
+        with open(cfg.k8s.titles, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or not {"name", "audio"} <= set(rows[0]):
+            raise ValueError(f"{cfg.k8s.titles}: need a header with at least name,audio (and video or image)")
+        docs = {k: v for k, v in docs.items() if not k.startswith(("rayjob-", "job-local-"))}
+        for row in rows:
+            title = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+            title.k8s.name = row["name"]
+            for key in ("video", "image", "audio", "audio2"):
+                if row.get(key):
+                    title.input[key] = row[key]
+            title.output = row.get("output") or f"/data/out/{row['name']}.mp4"
+            docs.update({k: v for k, v in render(title, defaults).items() if k.startswith(("rayjob-", "job-local-"))})
+    for path in write_manifests(docs, out):
+        print(path)
+
+
 COMMANDS = {
     "generate": (generate, "render one window: audio + picture/video -> MP4 (tiny preset and demo inputs by default)"),
     "plan": (plan, "print a long job's window plan (JSON) and write its timeline <output>.plan.png"),
     "run": (run, "render a long job window by window (resumable job store <output>.job), then stitch"),
     "smoke": (smoke, "one forward of every model of the preset on seeded random inputs"),
+    "k8s": (k8s, "k8s render: KubeRay/Kubernetes manifests, PodMonitor and Grafana dashboard for this job"),
 }
 
 
@@ -180,7 +210,9 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_,
                            epilog="key=value overrides set any config path; --cfg shows them all.")
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-        if name in ("generate", "plan", "run"):
+        if name == "k8s":
+            p.add_argument("action", choices=["render"], help="render: write the manifests into k8s.out")
+        if name in ("generate", "plan", "run", "k8s"):
             p.add_argument("--preset", choices=["tiny", "14b"], help="model preset (default tiny; --weights implies 14b)")
             p.add_argument("--sampler", choices=["default", "lightx2v", "fusionx"],
                            help="sampler preset: 40-step default, 4-step lightx2v, 8-step FusionX")

@@ -54,7 +54,7 @@ FARM_DEFAULTS = {
 
 # Config paths that say how a job runs, not what it renders: left out of the stored settings so
 # a job can be resumed elsewhere (another device, attention backend, output name, parallelism).
-_EXECUTION_KEYS = ("output", "progress", "device", "attention", "compile", "parallel", "smoke", "farm")
+_EXECUTION_KEYS = ("output", "progress", "device", "attention", "compile", "parallel", "smoke", "farm", "k8s")
 _INPUT_FILES = ("image", "video", "audio", "audio2", "demo_dir")
 
 

@@ -1,0 +1,203 @@
+"""Kubernetes manifests for a dubbing job, rendered from the job's config (``k8s render``).
+
+One source of truth: the same composed config that ``run`` executes. The RayJob's entrypoint
+is ``python -m infinitetalk_dist.launch.ray_job run`` followed by every config value that
+differs from the defaults, so the pod runs exactly the job that was rendered; cluster sizes
+come from ``farm.replicas`` x ``farm.gpus_per_replica`` and the pod settings from ``k8s.*``.
+
+Files written to the output folder:
+
+    raycluster.yaml            a standing RayCluster (CPU head + GPU workers) for `ray job submit`
+    rayjob-<name>.yaml         a RayJob per title: its own cluster, the farm entry, deleted when done
+    job-local-<name>.yaml      the plain-Kubernetes path: one pod, farm=local (no Ray; one replica)
+    podmonitor.yaml            Prometheus Operator PodMonitor for the farm's metrics on the head pod
+    grafana-dashboard.yaml     ConfigMap (label grafana_dashboard=1) holding grafana-dashboard.json
+    grafana-dashboard.json     the dashboard itself (throughput, windows by state, s/step, memory, retries)
+
+Layout on the pods: official weights read-only at ``/weights`` (``k8s.weights_claim``), inputs
+and outputs at ``/data`` (``k8s.data_claim``; or an object-store ``farm.store`` URL), ``/dev/shm``
+a memory-backed emptyDir (Ray's object store and NCCL need more than the default 64 MiB).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["config_overrides", "dashboard", "render", "write_manifests"]
+
+PACKAGE = Path(__file__).resolve().parents[1]
+DASHBOARD = PACKAGE / "launch" / "grafana_dashboard.json"
+APP = "infinitetalk-dist"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _value(v: Any) -> str:
+    """A Hydra override value: strings quoted, lists/dicts in flow style."""
+    if isinstance(v, str):
+        plain = re.fullmatch(r"[A-Za-z_/.][\w./@+-]*", v) and v.lower() not in ("null", "true", "false", "none")
+        return v if plain else "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, dict)):
+        return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
+    return str(v)
+
+
+def config_overrides(cfg: DictConfig, defaults: DictConfig) -> list[str]:
+    """``++key=value`` for every config value that differs from ``defaults`` (sorted), the
+    ``k8s`` block left out: replaying them on the defaults gives ``cfg`` back."""
+    now = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    base = _flatten(OmegaConf.to_container(defaults, resolve=True))
+    return [f"++{k}={_value(v)}" for k, v in sorted(now.items())
+            if not k.startswith("k8s.") and (k not in base or base[k] != v)]
+
+
+def _name(cfg: DictConfig) -> str:
+    raw = cfg.k8s.name or Path(str(cfg.output)).stem
+    name = re.sub(r"[^a-z0-9-]+", "-", str(raw).lower()).strip("-")[:40].strip("-")
+    if not name:
+        raise ValueError(f"cannot make a Kubernetes name from {raw!r}; set k8s.name")
+    return name
+
+
+def _volumes(k: DictConfig) -> tuple[list, list]:
+    volumes = [
+        {"name": "weights", "persistentVolumeClaim": {"claimName": k.weights_claim, "readOnly": True}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": k.data_claim}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{int(k.shm_gi)}Gi"}},
+    ]
+    mounts = [{"name": "weights", "mountPath": "/weights", "readOnly": True},
+              {"name": "data", "mountPath": "/data"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    return volumes, mounts
+
+
+def _pod(cfg: DictConfig, *, role: str, gpus: int, cpu: float, memory_gi: float, command=None,
+         ports=(), restart: str | None = None) -> dict:
+    k = cfg.k8s
+    volumes, mounts = _volumes(k)
+    resources = {"cpu": str(cpu), "memory": f"{int(memory_gi)}Gi"}
+    limits = dict(resources)
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    container = {
+        "name": role, "image": str(k.image), "imagePullPolicy": "IfNotPresent",
+        "resources": {"requests": resources, "limits": limits},
+        "volumeMounts": mounts,
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+    }
+    if command:
+        container["command"] = list(command)
+    if ports:
+        container["ports"] = [{"name": n, "containerPort": int(p)} for n, p in ports]
+    spec: dict = {"containers": [container], "volumes": volumes,
+                  "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}}
+    if gpus:
+        spec["nodeSelector"] = OmegaConf.to_container(k.gpu_node_selector) or {}
+        spec["tolerations"] = OmegaConf.to_container(k.tolerations) or []
+    if restart:
+        spec["restartPolicy"] = restart
+    return {"metadata": {"labels": {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": role}},
+            "spec": spec}
+
+
+def _cluster_spec(cfg: DictConfig) -> dict:
+    k, f = cfg.k8s, cfg.farm
+    gpus = int(f.get("gpus_per_replica", 1))
+    replicas = int(f.replicas)
+    metrics = [("dashboard", 8265), ("gcs", 6379), ("client", 10001), ("farm-metrics", int(k.metrics_port))]
+    head = _pod(cfg, role="ray-head", gpus=0, cpu=k.head.cpu, memory_gi=k.head.memory_gi, ports=metrics)
+    # One worker pod per replica: a replica's G GPUs are on one node by construction (STRICT_PACK).
+    worker = _pod(cfg, role="ray-worker", gpus=gpus, cpu=max(1, gpus) * k.worker.cpu_per_gpu,
+                  memory_gi=max(1, gpus) * k.worker.memory_gi_per_gpu)
+    return {
+        "rayVersion": str(k.ray_version),
+        "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"}, "template": head},
+        "workerGroupSpecs": [{
+            "groupName": "gpu", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
+            "rayStartParams": {}, "template": worker,
+        }],
+    }
+
+
+def _meta(cfg: DictConfig, name: str) -> dict:
+    return {"name": name, "namespace": str(cfg.k8s.namespace),
+            "labels": {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": _name(cfg)}}
+
+
+def render(cfg: DictConfig, defaults: DictConfig) -> dict[str, Any]:
+    """file name -> manifest document(s) (dicts; the dashboard as its JSON text)."""
+    name, k = _name(cfg), cfg.k8s
+    args = ["run", *config_overrides(cfg, defaults)]
+    if not any(a.startswith("++farm.backend=") for a in args):
+        args.append("++farm.backend=ray")
+    entry = " ".join(["python", "-m", "infinitetalk_dist.launch.ray_job", *(_shell(a) for a in args)])
+    if f"++farm.metrics_port={int(k.metrics_port)}" not in args:
+        entry += f" ++farm.metrics_port={int(k.metrics_port)}"
+    rayjob = {
+        "apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(cfg, f"dub-{name}"),
+        "spec": {"entrypoint": entry, "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": int(k.ttl_s),
+                 "submissionMode": "K8sJobMode", "rayClusterSpec": _cluster_spec(cfg)},
+    }
+    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(cfg, "infinitetalk"),
+               "spec": _cluster_spec(cfg)}
+    local_args = [a for a in args if not a.startswith(("++farm.backend=", "++farm.gpus_per_replica="))]
+    local_pod = _pod(cfg, role="farm-local", gpus=max(1, int(cfg.farm.get("gpus_per_replica", 1))),
+                     cpu=k.worker.cpu_per_gpu, memory_gi=k.worker.memory_gi_per_gpu, restart="Never",
+                     command=["infinitetalk-dist", *local_args, "++farm.backend=local"])
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(cfg, f"dub-local-{name}"),
+           "spec": {"backoffLimit": 3, "ttlSecondsAfterFinished": int(k.ttl_s), "template": local_pod}}
+    podmonitor = {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": _meta(cfg, "infinitetalk-farm"),
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": "ray-head"}},
+                 "podMetricsEndpoints": [{"port": "farm-metrics", "path": "/metrics", "interval": "15s"}]},
+    }
+    board = dashboard()
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {**_meta(cfg, "infinitetalk-dashboard"),
+                              "labels": {**_meta(cfg, "x")["labels"], "grafana_dashboard": "1"}},
+                 "data": {"infinitetalk-dist.json": board}}
+    return {"raycluster.yaml": cluster, f"rayjob-{name}.yaml": rayjob, f"job-local-{name}.yaml": job,
+            "podmonitor.yaml": podmonitor, "grafana-dashboard.yaml": configmap, "grafana-dashboard.json": board}
+
+
+def _shell(arg: str) -> str:
+    """Quote for the RayJob entrypoint (a shell command line)."""
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def dashboard() -> str:
+    """The Grafana dashboard JSON (kept as a file in the package; metric names checked by tests)."""
+    return json.dumps(json.loads(DASHBOARD.read_text()), indent=1)
+
+
+def write_manifests(docs: dict[str, Any], out: str | Path) -> list[Path]:
+    """Write each manifest (YAML, or the dashboard JSON) into ``out``; returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fname, doc in docs.items():
+        text = doc if isinstance(doc, str) else "---\n" + yaml.safe_dump(doc, sort_keys=False, width=120)
+        tmp = out / f".{fname}.part"
+        tmp.write_text(text)
+        tmp.replace(out / fname)
+        paths.append(out / fname)
+    return paths
