@@ -175,3 +175,12 @@ def test_checked_in_examples_are_what_render_writes(tmp_path):
     fresh = {p.name: p.read_text() for p in tmp_path.iterdir()}
     kept = {p.name: p.read_text() for p in examples.iterdir()}
     assert fresh == kept, "k8s/examples is stale: re-run the command in k8s/README.md"
+
+
+def test_readme_sizing_table_is_what_the_script_prints():
+    import subprocess
+    import sys
+
+    table = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sizing.py")], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert table in (REPO / "README.md").read_text(), "README sizing table is stale: paste benchmarks/sizing.py's output"

@@ -1,0 +1,70 @@
+"""Sizing guide: GPU-hours per minute of output and GPUs for a film in a target wall time.
+
+Derived from the measured figures of `benchmarks/RESULTS.md` (H100 80GB, 14B, bf16, the
+default fast path: cuDNN attention + compiled blocks), not measured here:
+
+    DiT s/forward, 1 GPU        448x896: 3.170   704x1280: 11.558   (table of record, issue 6)
+    VAE + CLIP s/chunk, TF32    448x896: 5.27 first chunk of a window, 3.35 later (I2V reuse)
+                                704x1280: x2.22 (the fp32 720p/480p VAE ratio, 37.375 / 16.861)
+    replica efficiency          4-GPU Ulysses 86% (480p) / 92% (720p), 1 GPU 100% (issue 4)
+
+A chunk is 81 frames, 72 of them new (9 motion frames): 2.88 s of output. The 40-step default
+runs 3 guidance branches (120 batched forwards per chunk), the 4-step LightX2V preset 2
+branches (8). Farm overhead: windows of 60 s with a 1 s overlap (+1.7% frames) and one full
+reference encode per window; the scheduler's makespan is within 2.4% of the bound
+(`farm_schedule.py`), taken as 3%.
+
+    python benchmarks/sizing.py [--film-min 90 --wall-h 4 8 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+DIT_S = {"480p": 3.170, "720p": 11.558}
+VAE_S = {"480p": (5.27, 3.35), "720p": (5.27 * 37.375 / 16.861, 3.35 * 37.375 / 16.861)}
+REPLICA_EFF = {("480p", 1): 1.0, ("480p", 4): 0.86, ("720p", 1): 1.0, ("720p", 4): 0.92}
+PRESETS = {"40-step": 40 * 3, "4-step": 4 * 2}  # batched forwards (branches x steps) per chunk
+CHUNK_OUT_S, WINDOW_S, OVERLAP_S, SCHED = 72 / 25, 60.0, 1.0, 1.03
+
+
+def window_seconds(size: str, preset: str) -> float:
+    """One 60 s window (+ overlap) on a 1-GPU replica."""
+    chunks = math.ceil((WINDOW_S + OVERLAP_S) / CHUNK_OUT_S)
+    first, later = VAE_S[size]
+    return chunks * PRESETS[preset] * DIT_S[size] + first + (chunks - 1) * later
+
+
+def gpu_hours_per_output_minute(size: str, preset: str) -> float:
+    return window_seconds(size, preset) / WINDOW_S * 60 / 3600 * SCHED
+
+
+def table(film_min: float, walls: list[float]) -> str:
+    lines = ["| preset | size | one 60 s window, 1 GPU / 4-GPU replica | GPU-h per output minute | " + " | ".join(
+        f"H100s for a {film_min:g}-min film in {w:g} h (1-GPU / 4-GPU replicas)" for w in walls) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(walls)]
+    for preset in PRESETS:
+        for size in DIT_S:
+            g = gpu_hours_per_output_minute(size, preset)
+            cells = []
+            for w in walls:
+                one = math.ceil(g * film_min / w)
+                four = 4 * math.ceil(g * film_min / w / REPLICA_EFF[(size, 4)] / 4)
+                cells.append(f"{one} / {four}")
+            w1 = window_seconds(size, preset) / 3600
+            w4 = w1 / 4 / REPLICA_EFF[(size, 4)]
+            lines.append(f"| {preset} | {size} | {w1:.2f} h / {w4:.2f} h | {g:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--film-min", type=float, default=90)
+    ap.add_argument("--wall-h", type=float, nargs="+", default=[4, 8, 24])
+    a = ap.parse_args()
+    print(table(a.film_min, a.wall_h))
+
+
+if __name__ == "__main__":
+    main()
