@@ -92,15 +92,20 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def build_models(cfg: DictConfig, skip: tuple[str, ...] = ()) -> Models:
-    """The preset's models (``skip``: names left as None, e.g. a DiT loaded sharded elsewhere)."""
+    """The preset's models (``skip``: names left as None, e.g. a DiT loaded sharded elsewhere).
+    The VAE runs in ``vae_dtype`` (float32 by default; bfloat16 halves its time on a GPU)."""
     device, dtype = torch.device(cfg.device), _dtype(cfg.dtype)
     if cfg.model.weights:
         loras = [(lo.path, float(lo.strength)) for lo in cfg.model.get("loras", [])]
-        return load_models(cfg.model.weights, variant=cfg.model.variant, dtype=dtype, device=device,
-                           loras=loras, attn_backend=cfg.attention, skip=skip)
-    models = random_models(cfg.model.preset, cfg.seed, dtype, device, skip=skip)
-    if models.dit is not None:
-        models.dit.set_attn_backend(cfg.attention)
+        models = load_models(cfg.model.weights, variant=cfg.model.variant, dtype=dtype, device=device,
+                             loras=loras, attn_backend=cfg.attention, skip=skip)
+    else:
+        models = random_models(cfg.model.preset, cfg.seed, dtype, device, skip=skip)
+        if models.dit is not None:
+            models.dit.set_attn_backend(cfg.attention)
+    vae_dtype = _dtype(cfg.get("vae_dtype") or "float32")
+    if models.vae is not None and vae_dtype != torch.float32:
+        models.vae.to(vae_dtype)
     return models
 
 
