@@ -10,8 +10,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HF_HUB_OFFLINE=1 \
     RAY_USAGE_STATS_ENABLED=0
 
+# wget: KubeRay's readiness/liveness probes call it inside the Ray containers.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3-pip ca-certificates \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3-pip ca-certificates wget \
     && rm -rf /var/lib/apt/lists/* \
     && python3.12 -m venv /opt/venv
 
