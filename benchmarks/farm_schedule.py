@@ -7,6 +7,12 @@ figures are in hours of a real 480p job; the schedule itself is the farm's own c
 lower bound max(longest window, total / replicas) that no schedule can beat.
 
     python benchmarks/farm_schedule.py [--windows 200 --replicas 16 --seeds 5]
+    python benchmarks/farm_schedule.py --layouts      # one host, replicas of 1/2/4 GPUs (issue 8 projection)
+
+``--layouts`` plans a real job (``farm.plan.make_plan``: a 2-minute track, forced cuts, the
+plan's own target length for R replicas) and schedules it on R replicas of G GPUs of one host,
+a window costing chunks x (forwards x DiT seconds / (G x Ulysses efficiency) + VAE seconds):
+the projected wall time, the GPUs' busy share, and a 90-minute film's time at that rate.
 """
 
 from __future__ import annotations
@@ -26,13 +32,45 @@ MIXES = {  # window length distributions in seconds
 }
 
 
+# Measured (RESULTS.md): compiled bf16 DiT 3.170 s / forward at 448x896 on one H100; Ulysses
+# efficiency 89% at 2 GPUs, 86% at 4 (480p, issue 4); TF32 VAE 5.27 s first chunk, 3.35 s later.
+DIT_480_S, VAE_FIRST_S, VAE_LATER_S = 3.170, 5.27, 3.35
+SP_EFF = {1: 1.0, 2: 0.89, 4: 0.86}
+FORWARDS = {"40-step": 120, "4-step": 8}
+
+
+def layouts(preset: str, job_s: float = 120.0, gpus=(4, 8)) -> None:
+    from infinitetalk_dist.farm.plan import make_plan
+
+    print(f"{preset}, 448x896, a {job_s:g} s job on one host (projection from measured 1-GPU figures)")
+    print("| host GPUs | replicas x GPUs | windows | wall s | GPU busy share | 90-min film h |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for total in gpus:
+        for g in (1, 2, 4):
+            if g > total or g not in SP_EFF:
+                continue
+            r = total // g
+            plan = make_plan(round(job_s * FPS), replicas=r, min_s=5.0, steps=4)
+            chunk = FORWARDS[preset] * DIT_480_S / (g * SP_EFF[g])
+            costs = [chunks_for(w.frames) * chunk + VAE_FIRST_S + (chunks_for(w.frames) - 1) * VAE_LATER_S
+                     for w in plan.windows]
+            makespan, _ = simulate(costs, r)
+            busy = sum(costs) / (r * makespan)
+            print(f"| {total} | {r} x {g} | {len(plan.windows)} | {makespan:.0f} | {busy:.0%} | "
+                  f"{sum(costs) * 90 * 60 / job_s / r / 3600 * 1.03:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=200)
     ap.add_argument("--replicas", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--preset", choices=sorted(CHUNK_S), default="40-step")
+    ap.add_argument("--layouts", action="store_true", help="one host: replicas of 1/2/4 GPUs on a 2-minute job")
     a = ap.parse_args()
+    if a.layouts:
+        layouts("4-step")
+        return
     print(f"{a.windows} windows on {a.replicas} replicas, {a.preset} preset ({CHUNK_S[a.preset]:.0f} s per chunk)")
     print(f"{'window lengths':<28} {'seed':>4} {'film min':>9} {'makespan h':>11} {'bound h':>8} {'ratio':>6}")
     worst = 0.0
