@@ -4,6 +4,8 @@
     infinitetalk-dist smoke [key=value ...]              one forward of every model
     infinitetalk-dist plan [flags] [key=value ...]       a long job's window plan (JSON + timeline PNG)
     infinitetalk-dist run [flags] [key=value ...]        a long job: every window, resumable, stitched
+                                                         (farm=ray: replicas on a Ray cluster)
+    infinitetalk-dist k8s render [flags] [key=value ...] KubeRay/Kubernetes manifests for the job
 
 Flags are shorthands for config paths of ``infinitetalk_dist/conf/config.yaml`` (``--steps 8``
 is ``sampler.steps=8``); any path can also be set as ``key=value`` (Hydra override syntax),
