@@ -26,6 +26,7 @@ VARIANTS = {  # name -> (dtype, channels_last_3d)
     "tf32": (torch.float32, False),
     "bf16": (torch.bfloat16, False),
     "bf16-cl": (torch.bfloat16, True),
+    "bf16-compile": (torch.bfloat16, False),  # + torch.compile of the encoder and decoder
 }
 
 
@@ -59,6 +60,9 @@ def main(argv=None) -> None:
             if p.ndim == 5:
                 p.data = p.data.contiguous(memory_format=fmt)
         x_ref, x_mot = ref.to(dtype).contiguous(memory_format=fmt), motion.to(dtype).contiguous(memory_format=fmt)
+        if name.endswith("-compile"):
+            vae.encoder.compile()
+            vae.decoder.compile()
         out = {}
         with torch.inference_mode():
             t_ref = timed(lambda: out.__setitem__("latent", vae.encode(x_ref)), device, 1, a.repeats)[0]

@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from infinitetalk_dist.models.build import Models
-from infinitetalk_dist.pipeline.generate import FPS, InputError, Sources, build_models, resolve_sources, speed_up_dit
+from infinitetalk_dist.pipeline.generate import FPS, InputError, Sources, build_models, resolve_sources, speed_up
 from infinitetalk_dist.pipeline.media import WrittenVideo
 
 from .plan import Plan, make_plan
@@ -180,7 +180,7 @@ def run_job(cfg: DictConfig, *, models: Models | None = None) -> WrittenVideo:
     if todo:
         if models is None:
             models = build_models(cfg)
-            speed_up_dit(cfg, models.dit)
+            speed_up(cfg, models)
         bar = None
         if cfg.progress:
             from tqdm import tqdm

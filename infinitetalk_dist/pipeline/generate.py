@@ -109,20 +109,24 @@ def build_models(cfg: DictConfig, skip: tuple[str, ...] = ()) -> Models:
     return models
 
 
-def speed_up_dit(cfg: DictConfig, dit, world: int = 1):
-    """The DiT fast paths of the config, applied in place (benchmarks/RESULTS.md has their
-    times and errors): ``fp8`` row-scaled fp8 linears in the blocks (one rank per replica
-    only), then ``compile`` (``auto``: on CUDA with one rank per replica; ``true``: always)."""
+def speed_up(cfg: DictConfig, models: Models, world: int = 1) -> Models:
+    """The fast paths of the config, applied in place (benchmarks/RESULTS.md has their times
+    and errors): ``fp8`` row-scaled fp8 linears in the DiT blocks (one rank per replica only),
+    then ``compile`` (``auto``: on CUDA with one rank per replica; ``true``: always) of every DiT
+    block and of the VAE's encoder and decoder."""
     fp8, comp = bool(cfg.get("fp8", False)), cfg.get("compile", "auto")
+    if comp not in (True, False, "auto", None):
+        raise ValueError(f"compile must be auto, true or false, got {comp!r}")
     if fp8:
         if world > 1:
             raise ValueError("fp8=true needs one rank per replica (FSDP shards bf16 weights)")
-        fp8_linears(dit)
+        fp8_linears(models.dit)
     if comp is True or (comp == "auto" and torch.device(cfg.device).type == "cuda" and world == 1):
-        compile_blocks(dit)
-    elif comp not in (False, "auto", None):
-        raise ValueError(f"compile must be auto, true or false, got {comp!r}")
-    return dit
+        compile_blocks(models.dit)
+        if models.vae is not None:
+            models.vae.encoder.compile()
+            models.vae.decoder.compile()
+    return models
 
 
 def _tokenizer(cfg: DictConfig, models: Models):
@@ -169,7 +173,7 @@ def replica_runtime(cfg: DictConfig, state: ParallelState) -> Runtime:
         raise ValueError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
     if state.world_size == 1:
         models = build_models(cfg)
-        speed_up_dit(cfg, models.dit)
+        speed_up(cfg, models)
         return Runtime(models=models)
     if cfg.model.weights:
         from dataclasses import replace
@@ -184,7 +188,7 @@ def replica_runtime(cfg: DictConfig, state: ParallelState) -> Runtime:
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
         models = build_models(cfg)
         parallelize_dit(models.dit, state, fsdp=cfg.parallel.fsdp)
-    speed_up_dit(cfg, models.dit, state.world_size)
+    speed_up(cfg, models, state.world_size)
     return Runtime(models=models, predict=lambda branches: predict_branches(models.dit, branches, state),
                    writer=state.rank == 0)
 
@@ -202,7 +206,7 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
     models = runtime.models
     if models is None:
         models = build_models(cfg)
-        speed_up_dit(cfg, models.dit)
+        speed_up(cfg, models)
     size = output_size(cfg, models, src.picture)[0]
     video = render_frames(cfg, models, src, src.audio.tracks, window_settings(cfg, size, src.frames),
                           predict=runtime.predict, show_progress=runtime.writer)
