@@ -26,7 +26,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from infinitetalk_dist.models.build import Models
-from infinitetalk_dist.pipeline.generate import FPS, InputError, Sources, build_models, resolve_sources, speed_up
+from infinitetalk_dist.parallel import ParallelState
+from infinitetalk_dist.pipeline.generate import FPS, InputError, Sources, replica_runtime, resolve_sources
 from infinitetalk_dist.pipeline.media import WrittenVideo
 
 from .plan import Plan, make_plan
@@ -109,16 +110,9 @@ def job_settings(cfg: DictConfig) -> dict:
     return doc
 
 
-def job_inputs(cfg: DictConfig) -> dict[str, str]:
-    """name -> sha256 of every input file (the demo inputs when none are given; call after
-    :func:`resolve_sources`, which writes them)."""
-    inp = cfg.input
-    if not (inp.image or inp.video or inp.audio):
-        folder = Path(inp.demo_dir) if inp.demo_dir else Path(cfg.output).parent / "demo_inputs"
-        files = {"image": folder / "face.png", "audio": folder / "speech.wav"}
-    else:
-        files = {k: inp[k] for k in ("image", "video", "audio", "audio2") if inp[k]}
-    return {k: hash_file(v) for k, v in files.items()}
+def job_inputs(sources: Sources) -> dict[str, str]:
+    """name -> sha256 of every input file the job read (the demo inputs when none were given)."""
+    return {k: hash_file(v) for k, v in sources.files.items()}
 
 
 @dataclass
@@ -157,7 +151,7 @@ def prepare_job(cfg: DictConfig) -> Job:
     output = _output(cfg)
     sources = resolve_sources(cfg, output)
     plan = plan_sources(cfg, sources)
-    store = JobStore.create_or_open(store_url(cfg), plan.to_json(), job_settings(cfg), job_inputs(cfg))
+    store = JobStore.create_or_open(store_url(cfg), plan.to_json(), job_settings(cfg), job_inputs(sources))
     done = store.done()
     todo = sorted((w for w in plan.windows if w.index not in done), key=lambda w: (-w.cost, -w.frames, w.index))
     log.info("%s\njob store %s: %d of %d windows done, %d to render", plan.summary(), store.url,
@@ -179,8 +173,7 @@ def run_job(cfg: DictConfig, *, models: Models | None = None) -> WrittenVideo:
     todo, attempts, t_job = job.todo, [], time.perf_counter()
     if todo:
         if models is None:
-            models = build_models(cfg)
-            speed_up(cfg, models)
+            models = replica_runtime(cfg, ParallelState.single(cfg.device)).models
         bar = None
         if cfg.progress:
             from tqdm import tqdm

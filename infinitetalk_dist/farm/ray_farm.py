@@ -305,15 +305,10 @@ def run_job_ray(cfg: DictConfig) -> WrittenVideo:
 
 
 def _with_resolved_inputs(cfg: DictConfig, job: Job) -> DictConfig:
-    """The config the actors get: demo inputs (written by the driver) named explicitly, so
-    every rank reads the same files instead of writing its own."""
+    """The config the actors get: the files the driver read (demo inputs included, which the
+    driver wrote) named explicitly and absolutely, so every rank reads the same files."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    inp = cfg.input
-    if not (inp.image or inp.video or inp.audio):
-        folder = Path(inp.demo_dir) if inp.demo_dir else job.output.parent / "demo_inputs"
-        inp.image, inp.audio = str((folder / "face.png").resolve()), str((folder / "speech.wav").resolve())
-    for key in ("image", "video", "audio", "audio2"):
-        if inp[key] and "://" not in str(inp[key]):
-            inp[key] = str(Path(inp[key]).resolve())
+    for key, path in job.sources.files.items():
+        cfg.input[key] = path if "://" in path else str(Path(path).resolve())
     cfg.output = str(job.output.resolve())
     return cfg

@@ -46,6 +46,7 @@ class Sources:
     audio: SpeakerAudio  # loudness-normalised tracks (model input)
     mix_original: np.ndarray | str  # what the MP4 carries: the original file or un-normalised mix
     frames: int  # output frames = the audio's frame count at 25 fps
+    files: dict[str, str]  # input name -> the file read (demo inputs included): image/video, audio, audio2
 
 
 def resolve_sources(cfg: DictConfig, output: Path) -> Sources:
@@ -81,7 +82,8 @@ def resolve_sources(cfg: DictConfig, output: Path) -> Sources:
         original = raw.mix
     else:
         original = str(inp["audio"])
-    return Sources(picture, video, audio, original, num_video_frames(audio.mix.shape[0]))
+    files = {k: str(inp[k]) for k in ("image", "video", "audio", "audio2") if inp[k]}
+    return Sources(picture, video, audio, original, num_video_frames(audio.mix.shape[0]), files)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -203,10 +205,9 @@ def generate(cfg: DictConfig, runtime: Runtime | None = None) -> WrittenVideo | 
     if output.suffix.lower() != ".mp4":
         raise InputError(f"output must be an .mp4 file, got {output}")
     src = resolve_sources(cfg, output)
+    if runtime.models is None:
+        runtime = replica_runtime(cfg, ParallelState.single(cfg.device))
     models = runtime.models
-    if models is None:
-        models = build_models(cfg)
-        speed_up(cfg, models)
     size = output_size(cfg, models, src.picture)[0]
     video = render_frames(cfg, models, src, src.audio.tracks, window_settings(cfg, size, src.frames),
                           predict=runtime.predict, show_progress=runtime.writer)
