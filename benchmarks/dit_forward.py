@@ -9,7 +9,9 @@ Variants, applied cumulatively in this order to the same weights:
     sdpa         SDPA's own kernel choice (cuDNN attention on Hopper with torch 2.11), eager: our default
     compile      + torch.compile of every block (fuses the float32 modulation/norm/RoPE/gate chain)
     fp8          + fp8 e4m3 row-scaled linear layers in the blocks (torch._scaled_mm)
-    sage         + SageAttention (8-bit QK^T) for every attention, where the package imports
+    triton_int8  + our Triton attention with int8 Q/K (SageAttention's recipe), P V in bf16
+    triton_fp8   + our Triton attention with Q/K/P/V in fp8 e4m3
+    sage         + SageAttention 1 (8-bit QK^T, Triton) for every attention, where the package imports
 
 Per row: seconds, FLOP of the forward (counted once with torch's FlopCounterMode on the plain
 path), achieved TFLOP/s, share of the measured bf16 matmul peak, peak memory, and the output's
@@ -38,7 +40,7 @@ from infinitetalk_dist.models.dit import dit_14b, dit_tiny  # noqa: E402
 from infinitetalk_dist.models.random_init import seeded  # noqa: E402
 from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, random_sharded_dit  # noqa: E402
 
-VARIANTS = ("flash2", "sdpa", "compile", "fp8", "sage")
+VARIANTS = ("flash2", "sdpa", "compile", "fp8", "triton_int8", "triton_fp8", "sage")
 
 
 def matmul_peak(device: torch.device, n: int = 8192) -> dict[str, float]:
@@ -80,7 +82,7 @@ def count_flop(model, inputs) -> int:
 
 
 def apply(model, variant: str) -> None:
-    if variant in ("flash2", "sdpa", "cudnn", "sage"):
+    if variant in ("flash2", "sdpa", "cudnn", "sage", "triton_int8", "triton_fp8"):
         model.set_attn_backend(variant)
     elif variant == "compile":
         compile_blocks(model)

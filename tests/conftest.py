@@ -9,6 +9,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_memory_usage_threshold", "0.98")
 
 
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+# Without a GPU, Triton kernels run under Triton's interpreter. It is chosen when triton is
+# first imported, so it must be set before any test imports it.
+if _no_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def pytest_terminal_summary(terminalreporter):
     from tests.parity.golden import RECORDS
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash2", "flash3", "sage")
+ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash2", "flash3", "sage", "triton_int8", "triton_fp8")
 _ENV = "INFINITETALK_ATTENTION"
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -66,8 +66,34 @@ def _sage(q, k, v, mask, scale):
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
 
 
-_IMPL: dict[str, Callable] = {"sdpa": _sdpa, "cudnn": _cudnn, "flash2": _flash2, "flash3": _flash3, "sage": _sage}
-_PACKAGE = {"flash3": "flash_attn_interface", "sage": "sageattention"}
+@torch.library.custom_op("infinitetalk::triton_attention", mutates_args=())
+def _triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, precision: str) -> torch.Tensor:
+    # A custom op: torch.compile'd blocks call it as one opaque node instead of tracing the
+    # quantisation and the kernel launch.
+    from .triton_attention import triton_attention
+
+    return triton_attention(q, k, v, scale, precision)
+
+
+@_triton_op.register_fake
+def _(q, k, v, scale, precision):
+    return q.new_empty(q.shape)
+
+
+def _triton(precision: str) -> Callable:
+    """Our Triton kernel with 8-bit Q/K (``int8``) or Q/K/P/V (``fp8``); see triton_attention."""
+
+    def run(q, k, v, mask, scale):
+        if mask is not None or q.shape[-1] < 32:  # 8-bit tensor-core MMAs reduce over >= 32
+            return _sdpa(q, k, v, mask, scale)
+        return _triton_op(q, k, v, q.shape[-1] ** -0.5 if scale is None else scale, precision)
+
+    return run
+
+
+_IMPL: dict[str, Callable] = {"sdpa": _sdpa, "cudnn": _cudnn, "flash2": _flash2, "flash3": _flash3, "sage": _sage,
+                              "triton_int8": _triton("int8"), "triton_fp8": _triton("fp8")}
+_PACKAGE = {"flash3": "flash_attn_interface", "sage": "sageattention", "triton_int8": "triton", "triton_fp8": "triton"}
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -114,7 +140,7 @@ def attention(
     ``scale`` defaults to ``1/sqrt(D)``. Output has q's dtype and layout.
     """
     name = backend or resolve_backend(None)
-    if name in ("cudnn", "flash2", "flash3", "sage") and (q.device.type != "cuda" or q.dtype not in _HALF):
+    if name != "sdpa" and (q.device.type != "cuda" or q.dtype not in _HALF):
         name = "sdpa"  # those kernels take only fp16/bf16 CUDA tensors
     mask = None
     if isinstance(k_lens, int):
