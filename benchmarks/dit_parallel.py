@@ -324,7 +324,7 @@ def run(args) -> None:
                     torch.cuda.reset_peak_memory_stats(device)
                 outputs = []
 
-                def step():
+                def step(model=model):  # bound now: the loop body deletes `model` afterwards
                     outputs[:] = predict_branches(model, branches, state)
 
                 times = Timer(device)(step, args.warmup, args.repeats)

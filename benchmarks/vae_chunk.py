@@ -6,6 +6,12 @@ weights of the real Wan2.1 VAE; CUDA events, median of ``--repeats``; each varia
 the relative L2 of its latent / decoded video against fp32 on the same inputs.
 
     python benchmarks/vae_chunk.py [--height 448 --width 896 --variants fp32,bf16,bf16-cl]
+
+``--tail-dependence`` instead checks whether the latents of the 80 zero frames could be
+computed once and reused: it encodes [frame A, zeros] and [frame B, zeros] and prints, per
+latent frame, the largest difference (0 would make the tail picture-independent).
+
+    python benchmarks/vae_chunk.py --device cpu --height 32 --width 32 --tail-dependence
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", default="fp32,tf32,bf16,bf16-cl")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--preset", default="14b")
+    ap.add_argument("--tail-dependence", action="store_true", help="see the module doc")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     base = random_models(a.preset, 0, torch.float32, device, skip=("dit", "clip", "t5", "wav2vec2"),
@@ -49,6 +56,14 @@ def main(argv=None) -> None:
     ref[:, :, 0] = torch.rand(1, 3, a.height, a.width, generator=g) * 2 - 1
     motion = torch.rand(1, 3, a.motion, a.height, a.width, generator=g) * 2 - 1
     ref, motion = ref.to(device), motion.to(device)
+    if a.tail_dependence:
+        other = ref.clone()
+        other[:, :, 0] = torch.rand(1, 3, a.height, a.width, generator=g).to(device) * 2 - 1
+        with torch.inference_mode():
+            diff = (base.encode(ref) - base.encode(other)).abs().amax(dim=(0, 1, 3, 4))
+        print("max |latent(frame A, zeros) - latent(frame B, zeros)| per latent frame:")
+        print(" ".join(f"{i}:{d:.1e}" for i, d in enumerate(diff.tolist())))
+        return
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows, first = [], {}
     for name in a.variants.split(","):

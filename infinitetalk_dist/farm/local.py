@@ -39,19 +39,8 @@ __all__ = ["FARM_DEFAULTS", "Job", "farm_options", "job_inputs", "job_settings",
 
 log = logging.getLogger(__name__)
 
-FARM_DEFAULTS = {
-    "store": None,
-    "replicas": 1,
-    "target_s": None,
-    "overlap_s": 1.0,
-    "min_s": 10.0,
-    "max_s": 120.0,
-    "min_pause_s": 0.3,
-    "shot_threshold": 27.0,
-    "backend": "local",
-    "max_attempts": 3,
-    "metrics_port": None,
-}
+# The farm group's local defaults, for configs composed without the group (one source of truth).
+FARM_DEFAULTS = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "farm" / "local.yaml"))
 
 # Config paths that say how a job runs, not what it renders: left out of the stored settings so
 # a job can be resumed elsewhere (another device, attention backend, output name, parallelism).
