@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
+from pathlib import Path
 
-from infinitetalk_dist.farm.plan import FPS, chunks_for
+from infinitetalk_dist.farm.plan import FPS, chunks_for, make_plan
 from infinitetalk_dist.farm.schedule import lower_bound, simulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sizing import DIT_S, PRESETS, REPLICA_EFF, SCHED, VAE_S  # noqa: E402  (the measured figures)
 
 CHUNK_S = {"40-step": 547.0, "4-step": 38.7}  # one 81-frame chunk, 1 x H100, 480p (RESULTS.md)
 
@@ -32,32 +37,26 @@ MIXES = {  # window length distributions in seconds
 }
 
 
-# Measured (RESULTS.md): compiled bf16 DiT 3.170 s / forward at 448x896 on one H100; Ulysses
-# efficiency 89% at 2 GPUs, 86% at 4 (480p, issue 4); TF32 VAE 5.27 s first chunk, 3.35 s later.
-DIT_480_S, VAE_FIRST_S, VAE_LATER_S = 3.170, 5.27, 3.35
-SP_EFF = {1: 1.0, 2: 0.89, 4: 0.86}
-FORWARDS = {"40-step": 120, "4-step": 8}
-
-
 def layouts(preset: str, job_s: float = 120.0, gpus=(4, 8)) -> None:
-    from infinitetalk_dist.farm.plan import make_plan
-
+    """Window costs from the sizing guide's measured one-H100 figures (compiled bf16 DiT, TF32
+    VAE with the I2V reference-encode reuse, Ulysses efficiency per replica size)."""
+    vae_first, vae_later = VAE_S["480p"]
     print(f"{preset}, 448x896, a {job_s:g} s job on one host (projection from measured 1-GPU figures)")
     print("| host GPUs | replicas x GPUs | windows | wall s | GPU busy share | 90-min film h |")
     print("|---:|---|---:|---:|---:|---:|")
     for total in gpus:
         for g in (1, 2, 4):
-            if g > total or g not in SP_EFF:
+            if g > total or ("480p", g) not in REPLICA_EFF:
                 continue
             r = total // g
             plan = make_plan(round(job_s * FPS), replicas=r, min_s=5.0, steps=4)
-            chunk = FORWARDS[preset] * DIT_480_S / (g * SP_EFF[g])
-            costs = [chunks_for(w.frames) * chunk + VAE_FIRST_S + (chunks_for(w.frames) - 1) * VAE_LATER_S
+            chunk = PRESETS[preset] * DIT_S["480p"] / (g * REPLICA_EFF[("480p", g)])
+            costs = [chunks_for(w.frames) * chunk + vae_first + (chunks_for(w.frames) - 1) * vae_later
                      for w in plan.windows]
             makespan, _ = simulate(costs, r)
             busy = sum(costs) / (r * makespan)
             print(f"| {total} | {r} x {g} | {len(plan.windows)} | {makespan:.0f} | {busy:.0%} | "
-                  f"{sum(costs) * 90 * 60 / job_s / r / 3600 * 1.03:.2f} |")
+                  f"{sum(costs) * 90 * 60 / job_s / r / 3600 * SCHED:.2f} |")
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ default fast path: cuDNN attention + compiled blocks), not measured here:
     DiT s/forward, 1 GPU        448x896: 3.170   704x1280: 11.558   (table of record, issue 6)
     VAE + CLIP s/chunk, TF32    448x896: 5.27 first chunk of a window, 3.35 later (I2V reuse)
                                 704x1280: x2.22 (the fp32 720p/480p VAE ratio, 37.375 / 16.861)
-    replica efficiency          4-GPU Ulysses 86% (480p) / 92% (720p), 1 GPU 100% (issue 4)
+    replica efficiency          Ulysses 89% at 2 GPUs, 86% at 4 (480p), 92% at 4 (720p) (issue 4)
 
 A chunk is 81 frames, 72 of them new (9 motion frames): 2.88 s of output. The 40-step default
 runs 3 guidance branches (120 batched forwards per chunk), the 4-step LightX2V preset 2
@@ -24,7 +24,7 @@ import math
 
 DIT_S = {"480p": 3.170, "720p": 11.558}
 VAE_S = {"480p": (5.27, 3.35), "720p": (5.27 * 37.375 / 16.861, 3.35 * 37.375 / 16.861)}
-REPLICA_EFF = {("480p", 1): 1.0, ("480p", 4): 0.86, ("720p", 1): 1.0, ("720p", 4): 0.92}
+REPLICA_EFF = {("480p", 1): 1.0, ("480p", 2): 0.89, ("480p", 4): 0.86, ("720p", 1): 1.0, ("720p", 4): 0.92}
 PRESETS = {"40-step": 40 * 3, "4-step": 4 * 2}  # batched forwards (branches x steps) per chunk
 CHUNK_OUT_S, WINDOW_S, OVERLAP_S, SCHED = 72 / 25, 60.0, 1.0, 1.03
 

@@ -167,17 +167,16 @@ def k8s(cfg: DictConfig) -> None:
     import csv
     from pathlib import Path
 
-    from .launch.k8s import render, write_manifests
+    from .launch.k8s import job_manifests, render, write_manifests
 
     out = Path(cfg.k8s.out or Path(str(cfg.output)).parent / "k8s")
     defaults = compose([])
-    docs = render(cfg, defaults)
+    docs = render(cfg, defaults, jobs=not cfg.k8s.titles)
     if cfg.k8s.titles:
         with open(cfg.k8s.titles, newline="") as fh:
             rows = list(csv.DictReader(fh))
         if not rows or not {"name", "audio"} <= set(rows[0]):
             raise ValueError(f"{cfg.k8s.titles}: need a header with at least name,audio (and video or image)")
-        docs = {k: v for k, v in docs.items() if not k.startswith(("rayjob-", "job-local-"))}
         for row in rows:
             title = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
             title.k8s.name = row["name"]
@@ -185,7 +184,7 @@ def k8s(cfg: DictConfig) -> None:
                 if row.get(key):
                     title.input[key] = row[key]
             title.output = row.get("output") or f"/data/out/{row['name']}.mp4"
-            docs.update({k: v for k, v in render(title, defaults).items() if k.startswith(("rayjob-", "job-local-"))})
+            docs.update(job_manifests(title, defaults))
     for path in write_manifests(docs, out):
         print(path)
 

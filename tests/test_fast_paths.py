@@ -7,11 +7,7 @@ import torch
 from infinitetalk_dist.kernels.fp8 import FP8_MAX, Fp8Linear, quantize_rows
 from infinitetalk_dist.models.build import random_models
 from infinitetalk_dist.parallel import compile_blocks, fp8_linears
-from tests.parity.golden import record
-
-
-def _rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm())
+from tests.parity.golden import record, rel_l2
 
 
 def test_quantize_rows_scales_each_row_to_the_fp8_range():
@@ -19,7 +15,7 @@ def test_quantize_rows_scales_each_row_to_the_fp8_range():
     q, s = quantize_rows(x)
     assert q.dtype == torch.float8_e4m3fn and s.shape == (5, 1)
     assert torch.allclose(q.float().abs().amax(1), torch.full((5,), FP8_MAX))
-    err = _rel(q.float() * s, x)
+    err = rel_l2(q.float() * s, x)
     assert err < 0.04  # e4m3: 3 mantissa bits, ~2-3% rel L2 whatever the row's magnitude
 
 
@@ -29,7 +25,7 @@ def test_fp8_linear_close_to_the_bf16_linear():
     lin.weight.copy_(torch.randn(128, 256, generator=g) / 16)
     x = torch.randn(3, 7, 256, generator=g)
     y = Fp8Linear.from_linear(lin)(x)
-    err = _rel(y, lin(x))
+    err = rel_l2(y, lin(x))
     record(f"fp8 linear (CPU emulation) vs float32: rel L2 = {err:.2e}")
     assert y.shape == (3, 7, 128) and y.dtype == x.dtype and err < 0.06
     with pytest.raises(ValueError, match="multiples of 16"):
@@ -58,7 +54,7 @@ def test_compiled_blocks_equal_eager():
         names = [n for n, _ in dit.named_parameters()]
         compiled = compile_blocks(dit)(**x)
     assert [n for n, _ in dit.named_parameters()] == names  # state-dict keys unchanged
-    err = _rel(compiled, eager)
+    err = rel_l2(compiled, eager)
     record(f"compiled DiT blocks vs eager (CPU fp32): rel L2 = {err:.2e}")
     assert err < 1e-5
 

@@ -13,7 +13,7 @@ triton = pytest.importorskip("triton")
 
 from infinitetalk_dist.kernels import attention  # noqa: E402
 from infinitetalk_dist.kernels import triton_attention as ta  # noqa: E402
-from tests.parity.golden import RECORDS  # noqa: E402
+from tests.parity.golden import record, rel_l2  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -40,17 +40,13 @@ def reference(q, k, v):
     return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
 
 
-def rel(a, b):
-    return float((a.cpu().double() - b).norm() / b.norm())
-
-
 @pytest.mark.parametrize("precision", ["bf16", "int8", "fp8"])
 @pytest.mark.parametrize("shape", [(2, 37, 45, 3, 32), (1, 16, 16, 2, 64), (1, 50, 7, 1, 32)])
 def test_matches_float64_attention(precision, shape):
     q, k, v = qkv(*shape)
-    err = rel(ta.triton_attention(q, k, v, precision=precision), reference(q, k, v))
-    RECORDS.append(f"triton attention {precision} {shape} on {DEVICE}: rel L2 {err:.2e} "
-                   f"(bound {BOUNDS[precision]:.0e})")
+    err = rel_l2(ta.triton_attention(q, k, v, precision=precision), reference(q, k, v))
+    record(f"triton attention {precision} {shape} on {DEVICE}: rel L2 {err:.2e} "
+           f"(bound {BOUNDS[precision]:.0e})")
     assert err < BOUNDS[precision]
 
 
@@ -60,7 +56,7 @@ def test_low_precision_inputs():
     for dtype, bound in ((torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)):
         out = ta.triton_attention(q.to(dtype), k.to(dtype), v.to(dtype))
         assert out.dtype == dtype
-        err = rel(out, ref)
+        err = rel_l2(out, ref)
         print(f"triton bf16 kernel, {dtype} inputs: rel L2 {err:.2e}")
         assert err < bound
 
@@ -68,10 +64,10 @@ def test_low_precision_inputs():
 def test_smoothing_keeps_int8_exact_under_key_offsets():
     """A large shared offset on K (as the DiT's K has per channel) must not cost int8 accuracy:
     the kernel subtracts K's mean before quantising, which leaves each softmax row unchanged."""
-    plain = rel(ta.triton_attention(*qkv(1, 40, 48, 2, 32, seed=2), precision="int8"),
+    plain = rel_l2(ta.triton_attention(*qkv(1, 40, 48, 2, 32, seed=2), precision="int8"),
                 reference(*qkv(1, 40, 48, 2, 32, seed=2)))
     q, k, v = qkv(1, 40, 48, 2, 32, seed=2, k_offset=30.0)
-    shifted = rel(ta.triton_attention(q, k, v, precision="int8"), reference(q, k, v))
+    shifted = rel_l2(ta.triton_attention(q, k, v, precision="int8"), reference(q, k, v))
     print(f"int8 rel L2: {plain:.2e} plain, {shifted:.2e} with a K offset of 30")
     assert shifted < 2 * plain + 1e-3
 
@@ -95,7 +91,7 @@ def test_quantize_round_trip():
     assert (deq - q).abs().max() <= qs.max() / 2 + 1e-6  # int8 rounding: half a step
     assert vt8.shape == (1, 2, 32, 80) and vt8.dtype == torch.float8_e4m3fn  # tokens padded to 16
     v_back = vt8[..., :70].float().permute(0, 3, 1, 2) * vs[:, None]
-    assert rel(v_back, v.double()) < 3e-2  # e4m3: 3 mantissa bits
+    assert rel_l2(v_back, v.double()) < 3e-2  # e4m3: 3 mantissa bits
 
 
 def test_bad_inputs_fail_clearly():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash2", "flash3", "sage", "triton_int8", "triton_fp8")
 _ENV = "INFINITETALK_ATTENTION"
 _HALF = (torch.float16, torch.bfloat16)
+MIN_HEAD_DIM_8BIT = 32  # 8-bit tensor-core MMAs reduce over >= 32 elements
 
 
 def _sdpa(q, k, v, mask, scale):
@@ -84,7 +85,7 @@ def _triton(precision: str) -> Callable:
     """Our Triton kernel with 8-bit Q/K (``int8``) or Q/K/P/V (``fp8``); see triton_attention."""
 
     def run(q, k, v, mask, scale):
-        if mask is not None or q.shape[-1] < 32:  # 8-bit tensor-core MMAs reduce over >= 32
+        if mask is not None or q.shape[-1] < MIN_HEAD_DIM_8BIT:
             return _sdpa(q, k, v, mask, scale)
         return _triton_op(q, k, v, q.shape[-1] ** -0.5 if scale is None else scale, precision)
 

@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from .attention import MIN_HEAD_DIM_8BIT
+
 try:
     import triton
     import triton.language as tl
@@ -41,7 +43,6 @@ PRECISIONS = ("bf16", "int8", "fp8")
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 LOG2E = 1.4426950408889634
-MIN_HEAD_DIM_8BIT = 32
 
 
 def triton_available(device: torch.device | str) -> bool:

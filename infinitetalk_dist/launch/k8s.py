@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["config_overrides", "dashboard", "render", "write_manifests"]
+__all__ = ["config_overrides", "dashboard", "job_manifests", "render", "write_manifests"]
 
 PACKAGE = Path(__file__).resolve().parents[1]
 DASHBOARD = PACKAGE / "launch" / "grafana_dashboard.json"
@@ -136,18 +137,22 @@ def _cluster_spec(cfg: DictConfig) -> dict:
     }
 
 
+def _labels(cfg: DictConfig) -> dict:
+    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": _name(cfg)}
+
+
 def _meta(cfg: DictConfig, name: str) -> dict:
-    return {"name": name, "namespace": str(cfg.k8s.namespace),
-            "labels": {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": _name(cfg)}}
+    return {"name": name, "namespace": str(cfg.k8s.namespace), "labels": _labels(cfg)}
 
 
-def render(cfg: DictConfig, defaults: DictConfig) -> dict[str, Any]:
-    """file name -> manifest document(s) (dicts; the dashboard as its JSON text)."""
+def job_manifests(cfg: DictConfig, defaults: DictConfig) -> dict[str, Any]:
+    """The two per-title documents: ``rayjob-<name>.yaml`` (own cluster, the farm on Ray) and
+    ``job-local-<name>.yaml`` (one pod, farm=local)."""
     name, k = _name(cfg), cfg.k8s
     args = ["run", *config_overrides(cfg, defaults)]
     if not any(a.startswith("++farm.backend=") for a in args):
         args.append("++farm.backend=ray")
-    entry = " ".join(["python", "-m", "infinitetalk_dist.launch.ray_job", *(_shell(a) for a in args)])
+    entry = " ".join(["python", "-m", "infinitetalk_dist.launch.ray_job", *(shlex.quote(a) for a in args)])
     if f"++farm.metrics_port={int(k.metrics_port)}" not in args:
         entry += f" ++farm.metrics_port={int(k.metrics_port)}"
     rayjob = {
@@ -155,14 +160,20 @@ def render(cfg: DictConfig, defaults: DictConfig) -> dict[str, Any]:
         "spec": {"entrypoint": entry, "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": int(k.ttl_s),
                  "submissionMode": "K8sJobMode", "rayClusterSpec": _cluster_spec(cfg)},
     }
-    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(cfg, "infinitetalk"),
-               "spec": _cluster_spec(cfg)}
     local_args = [a for a in args if not a.startswith(("++farm.backend=", "++farm.gpus_per_replica="))]
     local_pod = _pod(cfg, role="farm-local", gpus=max(1, int(cfg.farm.get("gpus_per_replica", 1))),
                      cpu=k.worker.cpu_per_gpu, memory_gi=k.worker.memory_gi_per_gpu, restart="Never",
                      command=["infinitetalk-dist", *local_args, "++farm.backend=local"])
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(cfg, f"dub-local-{name}"),
            "spec": {"backoffLimit": 3, "ttlSecondsAfterFinished": int(k.ttl_s), "template": local_pod}}
+    return {f"rayjob-{name}.yaml": rayjob, f"job-local-{name}.yaml": job}
+
+
+def render(cfg: DictConfig, defaults: DictConfig, *, jobs: bool = True) -> dict[str, Any]:
+    """file name -> manifest document(s) (dicts; the dashboard as its JSON text). ``jobs=False``
+    leaves out the per-title documents (:func:`job_manifests`)."""
+    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(cfg, "infinitetalk"),
+               "spec": _cluster_spec(cfg)}
     podmonitor = {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": _meta(cfg, "infinitetalk-farm"),
         "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": "ray-head"}},
@@ -170,18 +181,10 @@ def render(cfg: DictConfig, defaults: DictConfig) -> dict[str, Any]:
     }
     board = dashboard()
     configmap = {"apiVersion": "v1", "kind": "ConfigMap",
-                 "metadata": {**_meta(cfg, "infinitetalk-dashboard"),
-                              "labels": {**_meta(cfg, "x")["labels"], "grafana_dashboard": "1"}},
+                 "metadata": {**_meta(cfg, "infinitetalk-dashboard"), "labels": {**_labels(cfg), "grafana_dashboard": "1"}},
                  "data": {"infinitetalk-dist.json": board}}
-    return {"raycluster.yaml": cluster, f"rayjob-{name}.yaml": rayjob, f"job-local-{name}.yaml": job,
+    return {"raycluster.yaml": cluster, **(job_manifests(cfg, defaults) if jobs else {}),
             "podmonitor.yaml": podmonitor, "grafana-dashboard.yaml": configmap, "grafana-dashboard.json": board}
-
-
-def _shell(arg: str) -> str:
-    """Quote for the RayJob entrypoint (a shell command line)."""
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def dashboard() -> str:
