@@ -24,6 +24,10 @@ WORKDIR /app
 COPY pyproject.toml README.md constraints-gpu.txt ./
 COPY infinitetalk_dist ./infinitetalk_dist
 RUN pip install -c constraints-gpu.txt '.[ray]'
+# The launch scripts and the site/job config search path ($INFINITETALK_CONF) for mounted overrides.
+COPY launch ./launch
+COPY conf ./conf
+ENV INFINITETALK_CONF=/app/conf
 
 RUN useradd --create-home --uid 1000 --user-group app
 USER 1000:1000

@@ -20,9 +20,8 @@ Weights are random (seeded): what matters for windowing is the attention span, a
 attention is diffuse (every frame sees the whole track about equally), a pessimistic proxy for a
 trained model whose attention is mostly local.
 
-Imports only torch, numpy, transformers and this package's models and windowing code
-(``infinitetalk_dist.pipeline.audio`` imports PyAV and pyloudnorm lazily), so it runs on the
-GPU image. ``--device cuda`` runs the encoder there (memory then also reports CUDA peaks).
+Imports only torch, numpy, transformers and this package's models (the windowing code is
+``infinitetalk_dist.models.wav2vec2_windows``, which needs no PyAV), so it runs on the GPU image. ``--device cuda`` runs the encoder there (memory then also reports CUDA peaks).
 """
 
 from __future__ import annotations
@@ -154,7 +153,7 @@ def _reset_peak() -> bool:
 def memory_child(args) -> dict:
     """Run in a fresh process: encode ``args.child_minutes`` of audio, report memory as JSON."""
     from infinitetalk_dist.models.wav2vec2 import embed_waveform
-    from infinitetalk_dist.pipeline.audio import audio_features
+    from infinitetalk_dist.models.wav2vec2_windows import audio_features
 
     torch.manual_seed(0)
     enc = build_encoder(args.full, args.attn, args.device, weights=args.weights)
@@ -217,7 +216,7 @@ FULL_CONFIGS = "10:5,20:10,30:15,60:5,60:30"
 
 def accuracy(args) -> None:
     from infinitetalk_dist.models.wav2vec2 import embed_waveform
-    from infinitetalk_dist.pipeline.audio import windowed_features
+    from infinitetalk_dist.models.wav2vec2_windows import windowed_features
 
     enc = build_encoder(args.full, args.attn, args.device, weights=args.weights)
     wave = make_signal(args.seconds)
@@ -292,10 +291,10 @@ def main(argv=None) -> None:
     p.add_argument("--child-mode", default="windowed", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    from infinitetalk_dist.pipeline import audio as A
+    from infinitetalk_dist.models.wav2vec2_windows import DEFAULT_CONTEXT_S, DEFAULT_WINDOW_S
 
-    args.window = A.DEFAULT_WINDOW_S if args.window is None else args.window
-    args.context = A.DEFAULT_CONTEXT_S if args.context is None else args.context
+    args.window = DEFAULT_WINDOW_S if args.window is None else args.window
+    args.context = DEFAULT_CONTEXT_S if args.context is None else args.context
     args.full = args.full or bool(args.weights)
     args.attn = args.attn or ("sdpa" if args.full else "eager")
     if args.threads:

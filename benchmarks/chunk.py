@@ -152,7 +152,7 @@ def _mux_seconds(frames, height, width):
     try:
         import numpy as np
 
-        from infinitetalk_dist.pipeline.media import write_mp4
+        from infinitetalk_dist.media import write_mp4
     except ImportError:
         return None
     import tempfile

@@ -22,8 +22,9 @@ import random
 import sys
 from pathlib import Path
 
-from infinitetalk_dist.farm.plan import FPS, chunks_for, make_plan
+from infinitetalk_dist.farm.plan import make_plan
 from infinitetalk_dist.farm.schedule import lower_bound, simulate
+from infinitetalk_dist.timeline import FPS, num_chunks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sizing import DIT_S, PRESETS, REPLICA_EFF, SCHED, VAE_S  # noqa: E402  (the measured figures)
@@ -51,7 +52,7 @@ def layouts(preset: str, job_s: float = 120.0, gpus=(4, 8)) -> None:
             r = total // g
             plan = make_plan(round(job_s * FPS), replicas=r, min_s=5.0, steps=4)
             chunk = PRESETS[preset] * DIT_S["480p"] / (g * REPLICA_EFF[("480p", g)])
-            costs = [chunks_for(w.frames) * chunk + vae_first + (chunks_for(w.frames) - 1) * vae_later
+            costs = [num_chunks(w.frames, 81, 9) * chunk + vae_first + (num_chunks(w.frames, 81, 9) - 1) * vae_later
                      for w in plan.windows]
             makespan, _ = simulate(costs, r)
             busy = sum(costs) / (r * makespan)
@@ -77,7 +78,7 @@ def main() -> None:
         for seed in range(a.seeds):
             r = random.Random(seed)
             lengths = [draw(r) for _ in range(a.windows)]
-            costs = [chunks_for(round(s * FPS)) * CHUNK_S[a.preset] for s in lengths]
+            costs = [num_chunks(round(s * FPS), 81, 9) * CHUNK_S[a.preset] for s in lengths]
             makespan, _ = simulate(costs, a.replicas)
             bound = lower_bound(costs, a.replicas)
             worst = max(worst, makespan / bound)

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from infinitetalk_dist.media.atomic import atomic_write
+from infinitetalk_dist.timeline import SAMPLE_RATE
+
 __all__ = ["face_image", "speech_like", "write_demo_inputs"]
 
 _SKIN = [(241, 194, 167), (224, 172, 138), (198, 134, 96), (161, 102, 70), (120, 78, 52), (250, 214, 190)]
@@ -153,7 +156,7 @@ def _smooth(x: np.ndarray, n: int) -> np.ndarray:
     return np.convolve(pad, k, mode="same")[n:-n]
 
 
-def speech_like(seconds: float = 3.0, sr: int = 16000, seed: int = 0) -> np.ndarray:
+def speech_like(seconds: float = 3.0, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """A deterministic speech-like waveform, float32 mono, about -20 dBFS RMS.
 
     A glottal-like harmonic source (harmonics 1/k^0.8 up to 0.45 sr) whose pitch has a phrase
@@ -233,22 +236,18 @@ def speech_like(seconds: float = 3.0, sr: int = 16000, seed: int = 0) -> np.ndar
 
 
 def write_demo_inputs(folder: str | os.PathLike, *, seed: int = 0, seconds: float = 3.0,
-                      size: tuple[int, int] = (512, 512), sr: int = 16000) -> tuple[Path, Path]:
+                      size: tuple[int, int] = (512, 512), sr: int = SAMPLE_RATE) -> tuple[Path, Path]:
     """Write ``face.png`` and ``speech.wav`` (16-bit PCM mono at ``sr``) into ``folder`` (created)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     image_path, audio_path = folder / "face.png", folder / "speech.wav"
-    # Each file is written under a unique temp name and renamed: processes of one replica may
-    # write the same (identical) demo inputs at once.
-    tmp = folder / f".face.{os.getpid()}.png"
-    Image.fromarray(face_image(size, seed)).save(tmp, format="PNG")
-    os.replace(tmp, image_path)
+    # Written atomically: processes of one replica may write the same (identical) inputs at once.
+    with atomic_write(image_path) as tmp:
+        Image.fromarray(face_image(size, seed)).save(tmp, format="PNG")
     pcm = np.round(np.clip(speech_like(seconds, sr, seed), -1, 1) * 32767).astype("<i2")
-    tmp = folder / f".speech.{os.getpid()}.wav"
-    with wave.open(str(tmp), "wb") as wf:
+    with atomic_write(audio_path) as tmp, wave.open(tmp, "wb") as wf:
         wf.setnchannels(1)
         wf.setsampwidth(2)
         wf.setframerate(sr)
         wf.writeframes(pcm.tobytes())
-    os.replace(tmp, audio_path)
     return image_path, audio_path

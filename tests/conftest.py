@@ -7,6 +7,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_memory_usage_threshold", "0.98")
+# torch.compile on the CI CPU: compile in-process. Inductor's compile-worker subprocess pool
+# keeps a reader thread that can crash the interpreter at exit (a SIGSEGV after all tests
+# passed, seen once in CI), and parallel compiles do not help on a 2-core box anyway.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 def _no_cuda() -> bool:

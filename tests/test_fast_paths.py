@@ -63,15 +63,14 @@ def test_speed_up_compiles_dit_and_vae():
     """compile=true (what `auto` does on CUDA, one rank per replica): every DiT block and the
     VAE's encoder/decoder are compiled in place (compiled blocks give the eager numbers: test
     above; the compiled bf16 VAE's error is measured on the GPU by benchmarks/vae_chunk.py)."""
-    from omegaconf import OmegaConf
-
-    from infinitetalk_dist.pipeline.generate import speed_up
+    from infinitetalk_dist.pipeline.request import GenerateRequest
+    from infinitetalk_dist.pipeline.runtime import speed_up
 
     models = random_models("tiny", 0, torch.float32, "cpu", skip=("clip", "t5", "wav2vec2"))
-    speed_up(OmegaConf.create({"device": "cpu", "compile": "auto", "fp8": False}), models)
+    speed_up(GenerateRequest(device="cpu", compile="auto"), models)
     assert models.vae.decoder._compiled_call_impl is None  # auto: not on CPU
-    speed_up(OmegaConf.create({"device": "cpu", "compile": True, "fp8": False}), models)
+    speed_up(GenerateRequest(device="cpu", compile=True), models)
     assert all(b._compiled_call_impl is not None for b in models.dit.blocks)
     assert models.vae.encoder._compiled_call_impl is not None and models.vae.decoder._compiled_call_impl is not None
-    with pytest.raises(ValueError, match="compile must be"):
-        speed_up(OmegaConf.create({"device": "cpu", "compile": "sometimes"}), models)
+    with pytest.raises(ValueError, match="compile must be"):  # the request's schema refuses it
+        GenerateRequest(device="cpu", compile="sometimes")

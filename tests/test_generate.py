@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infinitetalk_dist.cli import main
-from infinitetalk_dist.pipeline.media import probe, write_mp4
+from infinitetalk_dist.launch.cli import main
+from infinitetalk_dist.media import write_mp4
 from infinitetalk_dist.samples import face_image, speech_like, write_demo_inputs
+from tests.media_probe import probe
 
 FAST = ["sampler.steps=2", "--no-progress"]
 SHORT_CHUNKS = ["sampler.frame_num=17", "sampler.motion_frame=5"]  # several chunks in little time

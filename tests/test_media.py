@@ -1,6 +1,7 @@
 """Media I/O: MP4 writing (round trip, audio length, atomicity), VideoSource timing, bad inputs, samples."""
 
 import os
+import warnings
 import wave
 from fractions import Fraction
 
@@ -10,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from infinitetalk_dist.pipeline.media import (MediaError, VideoSource, probe, read_image, to_uint8_frames,
-                                              write_mp4)
+from infinitetalk_dist.media import MediaError, VideoSource, read_image, to_uint8_frames, write_mp4
 from infinitetalk_dist.samples import face_image, speech_like, write_demo_inputs
+from tests.media_probe import probe
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -136,7 +137,7 @@ def test_audio_from_file_and_tensor_frames(tmp_path):
 _HEAP_SCRIPT = """
 import hashlib, sys
 import numpy as np
-import infinitetalk_dist.pipeline.media as M
+import infinitetalk_dist.media as M
 t = np.arange(44)[:, None, None]; y = np.arange(64)[None, :, None]; x = np.arange(64)[None, None, :]
 v = 128 + 60 * np.sin((x + 2 * t) / 7.0) * np.cos((y - t) / 9.0)
 v = v + np.random.default_rng(0).normal(0, 6, v.shape)
@@ -149,7 +150,7 @@ print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="glibc/Linux only (MALLOC_PERTURB_)")
 def test_h264_bytes_do_not_depend_on_heap_contents(tmp_path):
     """The farm needs encodes to be a function of the frames: x264's AVX-512 lookahead reads
-    uninitialised memory (media.x264_params caps it at AVX2). MALLOC_PERTURB_ fills fresh heap
+    uninitialised memory (x264_params caps it at AVX2). MALLOC_PERTURB_ fills fresh heap
     blocks with different bytes in each run; the file must not change."""
     import subprocess
     import sys
@@ -230,7 +231,6 @@ def test_video_source_maps_output_frames_by_timestamp(tmp_path, fps):
     _write_source(path, n=2 * fps, fps=fps)
     with VideoSource(path) as v:
         assert (v.fps, v.frame_count, v.duration, v.size) == (fps, 2 * fps, 2.0, SRC_SIZE)
-        assert v.num_output_frames(25) == 50
         # output frame i at 25 fps shows the source frame on screen at i / 25 s
         for i in range(50):
             expected = i * fps // 25
@@ -239,7 +239,7 @@ def test_video_source_maps_output_frames_by_timestamp(tmp_path, fps):
         # random access backwards and forwards (seeks across key frames every 10 frames)
         for k in (2 * fps - 1, 3, 2 * fps // 2 + 1, 0, 17):
             assert _read_index(v.frame(k)) == k
-        assert _read_index(v.frame_at_time(1.0)) == fps
+        assert _read_index(v.frame(v.source_index_at_time(1.0))) == fps
         with pytest.raises(IndexError, match="past the end"):
             v.frame_for_output_index(50)
         assert _read_index(v.frame_for_output_index(60, clamp=True)) == 2 * fps - 1
@@ -255,8 +255,34 @@ def test_video_source_variable_frame_rate(tmp_path):
     for t, k in [(0, 0), (0.039, 0), (0.04, 1), (0.045, 1), (0.05, 2), (0.099, 2), (0.1, 3), (0.2, 5),
                  (0.305, 7), (0.41, 9)]:
         assert v.source_index_at_time(t) == k
-        assert _read_index(v.frame_at_time(t)) == k
+        assert _read_index(v.frame(v.source_index_at_time(t))) == k
     assert [v.source_index_for_output(i) for i in range(5)] == [0, 1, 2, 3, 3]  # 0, .04, .08, .12, .16 s
+
+
+@pytest.mark.parametrize("kind", ["cfr", "vfr"])
+def test_video_source_with_shipped_index_does_not_decode_the_stream(tmp_path, monkeypatch, kind):
+    import pickle
+
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "cfr":
+        _write_source(path, n=60, fps=30)
+    else:
+        _write_source(path, pts_ms=[0, 40, 50, 100, 180, 200, 260, 300, 310, 400])
+    built = VideoSource(path)
+    index = pickle.loads(pickle.dumps(built.index))  # as sent to another process
+    wanted = [0, 7, 3, 11, 40, 24]
+    expected = [built.frame_for_output_index(i, clamp=True).tobytes() for i in wanted]
+
+    def no_rebuild(self):
+        raise AssertionError("the whole stream was decoded again")
+
+    monkeypatch.setattr(VideoSource, "_build_index", no_rebuild)
+    with VideoSource(path, index=index) as v:
+        assert [v.frame_for_output_index(i, clamp=True).tobytes() for i in wanted] == expected
+        assert (v.frame_count, v.duration, v.fps) == (built.frame_count, built.duration, built.fps)
+        assert np.array_equal(v.timestamps, built.timestamps) and v.index is index
+    with pytest.raises(AssertionError, match="decoded again"):
+        VideoSource(path).frame_count
 
 
 def test_video_source_rotation(tmp_path):
@@ -281,6 +307,10 @@ def test_video_source_truncated_decodes_what_exists(tmp_path):
         n = v.frame_count
     assert 0 < n < 60 and v.header_frames == 60
     assert _read_index(v.frame(n - 1)) == n - 1 and _read_index(v.frame(0)) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the damage was reported where the index was built
+        again = VideoSource(cut, index=v.index)
+        assert (again.frame_count, again.decode_errors) == (n, v.decode_errors)
     nofast = tmp_path / "nofast.mp4"
     _write_source(nofast, n=10, faststart=False)
     nofast.write_bytes(nofast.read_bytes()[:-200])  # the index (moov atom, at the end) is damaged
@@ -317,6 +347,57 @@ def test_video_source_bad_inputs(tmp_path):
         VideoSource(tmp_path / "face.png")
     with pytest.raises(MediaError, match="no such file"):
         probe(tmp_path / "missing.mp4")
+
+
+def test_atomic_write(tmp_path):
+    import fsspec
+
+    from infinitetalk_dist.media import atomic_write
+
+    final = tmp_path / "a.txt"
+    with atomic_write(final) as one, atomic_write(final) as two:
+        assert one != two and os.path.dirname(one) == str(tmp_path)  # concurrent writers don't share
+        assert os.path.basename(one).startswith(".a.txt.") and one.endswith(".part")
+        assert final.exists() is False and os.path.exists(one) and os.path.exists(two)
+        open(two, "w").write("two")
+        open(one, "w").write("one")
+    assert final.read_text() == "one" and _listing(tmp_path) == ["a.txt"]  # the last rename wins
+    with pytest.raises(RuntimeError, match="died"):
+        with atomic_write(final) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("died")
+    assert final.read_text() == "one" and _listing(tmp_path) == ["a.txt"]
+
+    fs = fsspec.filesystem("memory")
+    root = f"/itd-atomic-{os.getpid()}"
+    try:
+        with atomic_write(f"{root}/b.txt", fs=fs) as tmp:
+            assert tmp.startswith(f"{root}/.b.txt.") and not fs.exists(tmp)
+            fs.pipe_file(tmp, b"remote")
+        assert fs.cat_file(f"{root}/b.txt") == b"remote" and fs.ls(root, detail=False) == [f"{root}/b.txt"]
+        with pytest.raises(OSError, match="full"):
+            with atomic_write(f"{root}/b.txt", fs=fs) as tmp:
+                fs.pipe_file(tmp, b"partial")
+                raise OSError("disk full")
+        assert fs.cat_file(f"{root}/b.txt") == b"remote" and fs.ls(root, detail=False) == [f"{root}/b.txt"]
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_iter_video_frames_rejects_damage(tmp_path):
+    from infinitetalk_dist.media import iter_video_frames
+
+    path = tmp_path / "w.mp4"
+    _write_source(path, n=30, gop=250)
+    assert [_read_index(f) for f in iter_video_frames(path)] == list(range(30))
+    data = bytearray(path.read_bytes())
+    at = data.find(b"mdat") + len(data) // 10
+    data[at:at + 2000] = bytes(2000)  # zeros over some frames: packets the decoder rejects
+    (tmp_path / "bad.mp4").write_bytes(data)
+    with pytest.raises(MediaError, match="bad.mp4: decoding failed .undecodable packet"):
+        list(iter_video_frames(tmp_path / "bad.mp4"))
+    with pytest.raises(MediaError, match="nope.mp4: no such file"):
+        list(iter_video_frames(tmp_path / "nope.mp4"))
 
 
 # --- read_image ------------------------------------------------------------------------------

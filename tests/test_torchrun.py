@@ -31,14 +31,14 @@ def _torchrun(tmp_path, out, *parallel):
 
 def test_torchrun_sp2_fsdp_equals_one_process(tmp_path):
     single = tmp_path / "one.mp4"
-    _run([sys.executable, "-m", "infinitetalk_dist.cli", *ARGS, "-o", str(single)], tmp_path)
+    _run([sys.executable, "-m", "infinitetalk_dist", *ARGS, "-o", str(single)], tmp_path)
     double = tmp_path / "two.mp4"
     _torchrun(tmp_path, double, "parallel.cfg=1", "parallel.fsdp=true")
     assert single.read_bytes() == double.read_bytes()
 
 
 def test_torchrun_cfg2(tmp_path):
-    from infinitetalk_dist.pipeline.media import probe
+    from tests.media_probe import probe
 
     out = tmp_path / "cfg2.mp4"
     _torchrun(tmp_path, out, "parallel.cfg=2")

@@ -1,4 +1,5 @@
-"""Loading the official file layouts through the user entry points, and bad checkpoints."""
+"""Loading the official file layouts through the user entry points (``models.weights``, and
+``parallel.load_dit`` in one process for the DiT), and bad checkpoints."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from infinitetalk_dist.errors import InfiniteTalkError
 from infinitetalk_dist.models import weights as W
 from infinitetalk_dist.models.checkpoint import CheckpointError
 from infinitetalk_dist.models.presets import tiny_preset
+from infinitetalk_dist.parallel import load_dit
 from tests import tiny_weights as tw
 
 PRESET = tiny_preset()
@@ -40,15 +43,16 @@ def _same(model_sd, ref_sd, dtype=None):
 def test_layout_check(folder):
     root, _ = folder
     W.WeightsLayout(root).check()
-    with pytest.raises(CheckpointError, match="multi"):
+    with pytest.raises(CheckpointError, match="multi") as e:
         W.WeightsLayout(root, variant="multi").check()
+    assert isinstance(e.value, InfiniteTalkError) and isinstance(e.value, ValueError)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_load_dit_merges_shards_and_infinitetalk(folder, dtype):
     root, sds = folder
     lay = W.WeightsLayout(root)
-    model = W.load_dit(lay.wan, lay.infinitetalk, dtype=dtype)
+    model = load_dit(lay.wan, lay.infinitetalk, dtype=dtype)
     _same(model.state_dict(), sds["dit"], dtype)
     assert not any(p.is_meta for p in model.parameters())
     assert not any(p.requires_grad for p in model.parameters())
@@ -71,7 +75,7 @@ def test_lora_merge(folder, tmp_path, style):
     lay = W.WeightsLayout(root)
     lora = tw.write_lora(tmp_path / "lora.safetensors", sds["dit"], style)
     strength = 0.7
-    model = W.load_dit(lay.wan, lay.infinitetalk, dtype=torch.float32, loras=[(tmp_path / "lora.safetensors", strength)])
+    model = load_dit(lay.wan, lay.infinitetalk, dtype=torch.float32, loras=[(tmp_path / "lora.safetensors", strength)])
     got = model.state_dict()
     changed = 0
     for key, base in sds["dit"].items():
@@ -128,14 +132,14 @@ def test_missing_key_names_files_and_key(copy):
     key = _first_key(_shard(lay))
     _rewrite(_shard(lay), lambda sd: {k: v for k, v in sd.items() if k != key})
     with pytest.raises(CheckpointError, match=r"missing from .*" + key.replace(".", r"\.")):
-        W.load_dit(lay.wan, lay.infinitetalk)
+        load_dit(lay.wan, lay.infinitetalk)
 
 
 def test_unexpected_key(copy):
     lay, _ = copy
     _rewrite(lay.infinitetalk, lambda sd: {**sd, "blocks.0.not_a_param.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match=r"infinitetalk\.safetensors: 1 unexpected key.*not_a_param"):
-        W.load_dit(lay.wan, lay.infinitetalk)
+        load_dit(lay.wan, lay.infinitetalk)
 
 
 def test_wrong_shape(copy):
@@ -143,7 +147,7 @@ def test_wrong_shape(copy):
     key = _first_key(_shard(lay, 1))
     _rewrite(_shard(lay, 1), lambda sd: {**sd, key: torch.zeros(3, 3)})
     with pytest.raises(CheckpointError, match=r"wrong shape.*" + key.replace(".", r"\.")):
-        W.load_dit(lay.wan, lay.infinitetalk)
+        load_dit(lay.wan, lay.infinitetalk)
 
 
 def test_truncated_safetensors(copy):
@@ -151,14 +155,24 @@ def test_truncated_safetensors(copy):
     data = _shard(lay).read_bytes()
     _shard(lay).write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"00001-of-00007\.safetensors.*truncated or corrupt"):
-        W.load_dit(lay.wan, lay.infinitetalk)
+        load_dit(lay.wan, lay.infinitetalk)
 
 
 def test_not_safetensors(copy):
     lay, _ = copy
     lay.infinitetalk.write_bytes(b"<html>404 Not Found</html>")
     with pytest.raises(CheckpointError, match="infinitetalk.safetensors: not a readable safetensors"):
-        W.load_dit(lay.wan, lay.infinitetalk)
+        load_dit(lay.wan, lay.infinitetalk)
+
+
+def test_bad_config_json(copy):
+    lay, _ = copy
+    (lay.wan / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid JSON"):
+        load_dit(lay.wan, lay.infinitetalk)
+    (lay.wan / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"config\.json: file not found"):
+        load_dit(lay.wan, lay.infinitetalk)
 
 
 class _Evil:
@@ -190,7 +204,7 @@ def test_lora_unknown_targets_listed(folder, tmp_path):
            "diffusion_model.blocks.99.self_attn.q.lora_up.weight": torch.zeros(4, 2)}
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointError, match=r"not in the DiT: blocks\.99\.self_attn\.q"):
-        W.load_dit(lay.wan, lay.infinitetalk, loras=[(tmp_path / "bad.safetensors", 1.0)])
+        load_dit(lay.wan, lay.infinitetalk, loras=[(tmp_path / "bad.safetensors", 1.0)])
 
 
 def test_wav2vec2_missing_folder(tmp_path):

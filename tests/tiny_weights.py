@@ -1,10 +1,11 @@
-"""Write a tiny weights folder in the official download layout (DESIGN.md §4).
+"""Write a tiny weights folder in the official download layout.
 
-Tests load it through the same entry points a user calls (``infinitetalk_dist.models.weights``),
-so the file formats, names and key styles are the real ones: 7 DiT shards + index +
-``infinitetalk.safetensors``, ``.pth`` files for VAE/T5/CLIP (CLIP with its text tower), a
-transformers wav2vec2 folder with hub-style ``weight_g``/``weight_v`` keys and pre-training
-heads, and LoRA files in the lightx2v and diffusers styles.
+Tests load it through the same entry points a user calls (``infinitetalk_dist.models.weights``,
+``infinitetalk_dist.parallel.load_dit``), so the file formats, names and key styles are the
+real ones: 7 DiT shards + index + ``infinitetalk.safetensors``, ``.pth`` files for VAE/T5/CLIP
+(CLIP with its text tower), a transformers wav2vec2 folder with hub-style
+``weight_g``/``weight_v`` keys and pre-training heads, and LoRA files in the lightx2v and
+diffusers styles.
 """
 
 from __future__ import annotations

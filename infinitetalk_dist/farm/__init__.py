@@ -1,1 +1,1 @@
-"""The render farm: plan windows, store them, stitch them (DESIGN.md section 7)."""
+"""The render farm: plan a long job as windows, render them on replicas (local or Ray), store them, stitch them."""

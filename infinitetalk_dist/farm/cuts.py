@@ -10,14 +10,14 @@ import os
 
 import numpy as np
 
-__all__ = ["SAMPLE_RATE", "shot_cuts", "speech_pauses"]
+from infinitetalk_dist.timeline import FPS, SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+__all__ = ["shot_cuts", "speech_pauses"]
 
 
 def shot_cuts(
     video_path: str | os.PathLike,
-    fps_out: float = 25,
+    fps_out: float = FPS,
     threshold: float = 27.0,
     *,
     min_scene_s: float = 0.5,

@@ -1,4 +1,4 @@
-"""The window plan: split one long job into windows the farm renders independently (DESIGN.md 7.1).
+"""The window plan: split one long job into windows the farm renders independently.
 
 Order of preference for a seam:
 
@@ -25,23 +25,17 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CUT_KINDS", "FPS", "Plan", "Window", "chunks_for", "draw_plan", "make_plan", "plan_job", "save_png", "window_seed"]
+from infinitetalk_dist.media.atomic import atomic_write
+from infinitetalk_dist.timeline import FPS, SAMPLE_RATE, num_chunks
 
-FPS = 25
+__all__ = ["CUT_KINDS", "Plan", "Window", "draw_plan", "make_plan", "save_png", "window_seed"]
+
 CUT_KINDS = ("start", "shot", "silence", "forced")
-CHUNK_FRAMES = 81  # frames of the first chunk of a window
-CHUNK_STEP = 72  # new frames per further chunk (81 minus the 9-frame motion context)
 PLAN_VERSION = 1
-
-
-def chunks_for(frames: int) -> int:
-    """Chunks the streaming generator needs for ``frames`` output frames."""
-    return 1 + math.ceil(max(0, frames - CHUNK_FRAMES) / CHUNK_STEP)
 
 
 def window_seed(job_seed: int, index: int) -> int:
@@ -97,7 +91,8 @@ class Plan:
         return plan
 
     def check(self) -> None:
-        """Raise ValueError unless the windows cover [0, frames) in order, each >= 1 frame."""
+        """Raise ValueError unless the windows cover [0, frames) in order, each >= 1 frame of
+        its own, and each holds both its overlaps (the stitcher cross-fades them)."""
         if not self.windows or self.frames < 1:
             raise ValueError("plan: no windows / no frames")
         own_start = 0
@@ -108,6 +103,10 @@ class Plan:
                 raise ValueError(f"plan: window {i} does not continue the previous one: {w}")
             if (i == 0) != (w.cut == "start") or (w.cut != "forced" and w.overlap):
                 raise ValueError(f"plan: window {i} has cut {w.cut!r} with overlap {w.overlap}")
+            k_out = self.windows[i + 1].overlap if i + 1 < len(self.windows) else 0
+            if w.overlap + k_out > w.frames:
+                raise ValueError(f"plan: window {i}: {w.frames} frames can't hold its overlaps "
+                                 f"({w.overlap} with the previous, {k_out} with the next)")
             own_start = w.end
         if own_start != self.frames:
             raise ValueError(f"plan: windows end at {own_start}, expected {self.frames}")
@@ -152,13 +151,17 @@ def make_plan(
     max_s: float = 120.0,
     seed: int = 0,
     steps: int = 40,
+    frame_num: int = 81,
+    motion_frame: int = 9,
     fps: int = FPS,
 ) -> Plan:
     """Plan the windows of a job of ``frames`` output frames (see the module docstring).
 
     ``shots``: output-frame indices of hard cuts, strictly increasing, in ``(0, frames)``.
     ``pauses``: ``(start_s, end_s)`` silent intervals, sorted and non-overlapping; parts past the
-    end of the timeline are ignored. Raises ValueError on bad input.
+    end of the timeline are ignored. A window's ``cost`` is its chunk count (chunks of
+    ``frame_num`` frames overlapping by ``motion_frame``, :func:`timeline.num_chunks`) times
+    ``steps``. Raises ValueError on bad input.
     """
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
         raise ValueError(f"make_plan: frames must be an int >= 1, got {frames!r}")
@@ -234,7 +237,8 @@ def make_plan(
     for i, ((c, kind), end) in enumerate(zip(points, ends)):
         ov = min(overlap, prev_own) if kind == "forced" else 0
         start = c - ov
-        windows.append(Window(i, start, end, kind, ov, window_seed(seed, i), chunks_for(end - start) * steps))
+        cost = num_chunks(end - start, frame_num, motion_frame) * steps
+        windows.append(Window(i, start, end, kind, ov, window_seed(seed, i), cost))
         prev_own = end - c
     plan = Plan(
         fps=fps,
@@ -252,31 +256,6 @@ def make_plan(
     )
     plan.check()
     return plan
-
-
-def plan_job(
-    audio_path: str | os.PathLike,
-    video_path: str | os.PathLike | None = None,
-    *,
-    replicas: int,
-    min_pause_s: float = 0.3,
-    shot_threshold: float = 27.0,
-    **kwargs,
-) -> Plan:
-    """Plan a job from its files: pauses from the audio (silero-vad), shots from the video (if
-    any, V2V); ``frames = int(len(audio) / 16000 * 25)``. ``kwargs`` go to :func:`make_plan`."""
-    from ..pipeline.audio import load_audio
-    from .cuts import SAMPLE_RATE, shot_cuts, speech_pauses
-
-    wave = load_audio(audio_path)
-    frames = int(len(wave) / SAMPLE_RATE * FPS)
-    if frames < 1:
-        raise ValueError(f"plan_job: audio {os.fspath(audio_path)!r} is shorter than one frame")
-    pauses = speech_pauses(wave, min_pause_s=min_pause_s)
-    shots = []
-    if video_path is not None:
-        shots = [s for s in shot_cuts(video_path, FPS, threshold=shot_threshold) if s < frames]
-    return make_plan(frames, shots=shots, pauses=pauses, replicas=replicas, **kwargs)
 
 
 _COLOURS = {
@@ -311,7 +290,7 @@ def draw_plan(plan: Plan, wave_16k: np.ndarray | None, path_png: str | os.PathLi
     d.line([(x0, mid), (x1, mid)], fill=(200, 200, 200))
     if wave_16k is not None and len(wave_16k):
         w = np.abs(np.asarray(wave_16k, dtype=np.float32))
-        span = int(round(total / plan.fps * 16000))  # samples of the plan's timeline
+        span = int(round(total / plan.fps * SAMPLE_RATE))  # samples of the plan's timeline
         n = min(len(w), span)
         edges = np.linspace(0, span, x1 - x0 + 1).astype(int)[:-1]
         env = np.maximum.reduceat(w[:n], np.minimum(edges, n - 1))
@@ -349,14 +328,6 @@ def draw_plan(plan: Plan, wave_16k: np.ndarray | None, path_png: str | os.PathLi
 def save_png(img, path_png: str | os.PathLike) -> str:
     """Write a PIL image as PNG atomically (temp file next to it, then rename)."""
     path = os.fspath(path_png)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".png.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        img.save(tmp, format="PNG")
     return path

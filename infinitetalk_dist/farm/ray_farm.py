@@ -1,11 +1,9 @@
-"""The farm on Ray: R replicas of G actors render the job's windows, longest first (DESIGN.md 7).
+"""``farm=ray``: R replicas of G actors render the job's windows, longest first.
 
-    run_job_ray(cfg) -> plan + store (farm.local.prepare_job)
-                     -> R placement groups (STRICT_PACK: a replica's G GPUs on one node)
-                     -> G ReplicaWorker actors per group, one torch.distributed group each
-                     -> windows to whichever replica is free; rank 0 uploads the window file,
-                        the driver records it in the manifest (the only manifest writer)
-                     -> stitch, job report, metrics
+    run_ray(job) -> R placement groups (STRICT_PACK: a replica's G GPUs on one node)
+                 -> G ReplicaWorker actors per group, one torch.distributed group each
+                 -> windows to whichever replica is free (the shared JobRun queue); rank 0
+                    uploads the window file, the driver records it in the manifest
 
 Faults: an actor that dies (killed, OOM, node lost) or a window that raises makes the whole
 replica be rebuilt (new actors in the same placement group; Ray re-places the group if its
@@ -20,30 +18,25 @@ else a new local Ray instance that ends with the job. A caller that already call
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from omegaconf import DictConfig, OmegaConf
+from infinitetalk_dist.errors import InfiniteTalkError, InputError
 
-from infinitetalk_dist.pipeline.media import WrittenVideo
-
-from .local import Job, farm_options, prepare_job
-from .metrics import FarmMetrics
+from .driver import JobRun
 from .replica import ReplicaWorker
-from .schedule import Attempt, WindowFailed, WindowQueue
 from .store import StoreError
 
-__all__ = ["FarmError", "run_job_ray"]
+__all__ = ["FarmError", "run_ray"]
 
 log = logging.getLogger(__name__)
 
 
-class FarmError(RuntimeError):
-    """The farm could not finish the job (a window failed every attempt, replicas could not be
-    placed, the store failed). Finished windows stay in the store; re-run to resume."""
+class FarmError(InfiniteTalkError, RuntimeError):
+    """The farm could not finish the job (replicas could not be placed or failed to start, the
+    store failed). Finished windows stay in the store; re-run to resume."""
 
 
 @dataclass
@@ -62,19 +55,19 @@ class _Task:
     pending: set
     result: object = None
     window: object = None
-    attempt: Attempt | None = None
+    attempt: object = None
     rank0: object = None  # render: the ref whose value is the window's result
 
 
-def _connect(f: dict) -> bool:
+def _connect(address: str | None) -> bool:
     """ray.init as configured; True if this call started Ray (and so must shut it down)."""
     import ray
 
     if ray.is_initialized():
         return False
     kw = {"include_dashboard": False, "log_to_driver": True}
-    if f.get("address"):
-        ray.init(address=f["address"], **kw)
+    if address:
+        ray.init(address=address, **kw)
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(**kw)
     else:
@@ -83,32 +76,32 @@ def _connect(f: dict) -> bool:
 
 
 class _Farm:
-    """The driver's side: replicas, the queue, the wait loop."""
+    """The driver's side on Ray: replicas, their actors, the wait loop."""
 
-    def __init__(self, cfg: DictConfig, job: Job, f: dict):
+    def __init__(self, job, run: JobRun):
         import ray
 
-        self.ray, self.cfg, self.job, self.f = ray, cfg, job, f
-        self.gpus = int(f.get("gpus_per_replica", 1))
+        self.ray, self.job, self.run, f = ray, job, run, job.farm
+        self.gpus = f.gpus_per_replica
         self.world = max(self.gpus, 1)
-        if self.world > 1 and self.world % int(cfg.parallel.cfg):
-            raise ValueError(f"farm.gpus_per_replica={self.gpus} must be a multiple of parallel.cfg={cfg.parallel.cfg}")
-        self.n = min(int(f["replicas"]), max(len(job.todo), 1))
+        if self.world > 1 and self.world % job.request.parallel.cfg:
+            raise InputError(f"farm.gpus_per_replica={self.gpus} must be a multiple of "
+                             f"parallel.cfg={job.request.parallel.cfg}")
+        self.n = run.replicas
         self.worker = ray.remote(ReplicaWorker)
-        self.queue = WindowQueue(job.todo, max_attempts=int(f.get("max_attempts", 3)))
         self.tasks: dict = {}  # ObjectRef -> _Task
         self.idle: list[_Replica] = []
-        self.attempts: list[Attempt] = []
-        self.metrics = FarmMetrics(len(job.plan.windows), done=len(job.done))
-        self.t0 = time.perf_counter()
-        # Actors see the job as YAML; inputs are paths every node must reach (shared FS / URL).
-        self.cfg_yaml = OmegaConf.to_yaml(cfg)
         self.replicas: list[_Replica] = []
+        # Actors get the job once: the request and the reference (the picture, or the source
+        # video's path with its frame index built here); the weights, the source video and the
+        # store are paths every node must reach (shared storage or URLs).
+        self.request = job.request
+        self.reference = job.sources.reference.for_workers()
 
     # -- replicas ---------------------------------------------------------------------------
 
     def _bundle(self) -> dict:
-        b = {"CPU": float(self.f.get("cpus_per_actor", 1))}
+        b = {"CPU": float(self.job.farm.cpus_per_actor)}
         if self.gpus:
             b["GPU"] = 1.0
         return {k: v for k, v in b.items() if v > 0} or {"CPU": 0.001}
@@ -119,7 +112,7 @@ class _Farm:
         for r in range(self.n):
             pg = placement_group([self._bundle()] * self.world, strategy="STRICT_PACK", name=f"itd-replica-{r}")
             self.replicas.append(_Replica(r, pg))
-        timeout = float(self.f.get("placement_timeout_s", 600))
+        timeout = float(self.job.farm.placement_timeout_s)
         ready, _ = self.ray.wait([rep.pg.ready() for rep in self.replicas], num_returns=self.n, timeout=timeout)
         if len(ready) < self.n:
             raise FarmError(f"only {len(ready)} of {self.n} replicas could be placed within {timeout:.0f} s: each "
@@ -138,7 +131,7 @@ class _Farm:
         rep.actors = [
             self.worker.options(**opts, name=f"itd-r{rep.index}-k{k}-b{rep.builds}",
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(rep.pg, placement_group_bundle_index=k))
-            .remote(self.cfg_yaml, self.job.store.url, k, self.world)
+            .remote(self.request, self.job.store.url, k, self.world, self.reference, visible_gpu=True)
             for k in range(self.world)
         ]
         init = rep.actors[0].rendezvous.remote() if self.world > 1 else None
@@ -164,18 +157,14 @@ class _Farm:
     # -- the loop ---------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        while self.idle and len(self.queue):
-            rep, w = self.idle.pop(0), self.queue.take()
-            a = Attempt(w.index, rep.index, time.perf_counter() - self.t0)
-            self.attempts.append(a)
-            self.metrics.started()
-            refs = [actor.render.remote(asdict(w)) for actor in rep.actors]
-            task = _Task("render", rep, set(refs), window=w, attempt=a, rank0=refs[0])
-            self._track(task, refs)
-            log.info("window #%d (frames [%d, %d), attempt %d) -> replica %d", w.index, w.start, w.end,
-                     self.queue.attempts[w.index], rep.index)
+        while self.idle and len(self.run.queue):
+            rep = self.idle.pop(0)
+            w, a, tracks = self.run.take(rep.index)
+            tracks_ref = self.ray.put(tracks)  # one copy in the object store for the replica's ranks
+            refs = [actor.render.remote(dataclasses.asdict(w), tracks_ref) for actor in rep.actors]
+            self._track(_Task("render", rep, set(refs), window=w, attempt=a, rank0=refs[0]), refs)
 
-    def run(self, bar=None) -> None:
+    def loop(self) -> None:
         from ray.exceptions import RayError
 
         self.place()
@@ -199,54 +188,34 @@ class _Farm:
             if task.kind == "setup":
                 log.info("replica %d ready (%d rank(s), pids %s)", task.replica.index, self.world, task.replica.pids)
             else:
-                self.finished(task)
-                if bar is not None:
-                    bar.update(1)
+                try:
+                    self.run.finished(task.window, task.attempt, task.result)
+                except StoreError as e:
+                    raise FarmError(f"window {task.window.index}: {e}") from e
             self.idle.append(task.replica)
             self.dispatch()
-
-    def finished(self, task: _Task) -> None:
-        w, r, a = task.window, task.result, task.attempt
-        try:
-            self.job.store.record_window(w.index, r["sha256"], r["size"])
-        except StoreError as e:
-            self._close_attempt(a, "failed", str(e))
-            raise FarmError(f"window {w.index}: {e}") from e
-        self._close_attempt(a, "done")
-        self.metrics.finished(r["frames"], r["seconds"], r["step_seconds"], replica=task.replica.index,
-                              gpu_peak_bytes=r["gpu_peak_bytes"])
-        log.info("window #%d done on replica %d in %.1f s", w.index, task.replica.index, r["seconds"])
 
     def failed(self, task: _Task, err: Exception) -> None:
         from ray.exceptions import RayActorError, RayTaskError
 
         cause = _cause(err)
-        lost = isinstance(err, RayActorError)
         rep = task.replica
         self.kill(rep)  # one failed rank leaves its peers stuck in collectives: rebuild them all
-        self.metrics.restarts.inc()
+        self.run.metrics.restarts.inc()
         if task.kind == "setup":
             log.warning("replica %d failed to start (%s)", rep.index, cause)
-            if rep.builds >= self.queue.max_attempts:
+            if rep.builds >= self.run.queue.max_attempts:
                 raise FarmError(f"replica {rep.index} failed to start {rep.builds} time(s): {cause}")
             self.build(rep)
             return
-        self._close_attempt(task.attempt, "lost" if lost else "failed", cause)
         if isinstance(err, RayTaskError) and isinstance(getattr(err, "cause", None), StoreError):
-            self.metrics.failed()
+            self.run.fatal(task.attempt, cause)
             raise FarmError(f"window {task.window.index}: {cause}") from err
+        lost = isinstance(err, RayActorError)
         log.warning("window #%d %s on replica %d (%s); rebuilding the replica", task.window.index,
                     "lost its actor" if lost else "failed", rep.index, cause)
-        try:
-            self.queue.failed(task.window, cause)
-        except WindowFailed:
-            self.metrics.failed()
-            raise
-        self.metrics.retried()
+        self.run.failed(task.window, task.attempt, cause, lost=lost)
         self.build(rep)
-
-    def _close_attempt(self, a: Attempt, outcome: str, cause: str = "") -> None:
-        a.end, a.outcome, a.cause = time.perf_counter() - self.t0, outcome, cause
 
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
@@ -267,48 +236,21 @@ def _cause(err: Exception) -> str:
     return f"{type(err).__name__}: {text[-1] if text else ''}"
 
 
-def run_job_ray(cfg: DictConfig) -> WrittenVideo:
-    """Render the job ``cfg`` on a Ray cluster (``farm.*``), then stitch ``cfg.output``."""
+def run_ray(job) -> None:
+    """Render every window of ``job`` (a :class:`~.job.Job`) not yet stored on a Ray cluster."""
     try:
         import ray
     except ImportError as e:
         raise FarmError("farm=ray needs Ray: pip install 'infinitetalk-dist[ray]'") from e
-    f = farm_options(cfg)
-    job = prepare_job(cfg)
-    if job.todo:
-        started = _connect(f)
-        farm = _Farm(_with_resolved_inputs(cfg, job), job, f)
-        if f.get("metrics_port") is not None:
-            log.info("metrics: http://localhost:%d/metrics", farm.metrics.serve(int(f["metrics_port"])))
-        bar = None
-        if cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(job.todo), unit="window", desc=f"farm ({farm.n} replicas)", dynamic_ncols=True)
-        error = None
-        try:
-            farm.run(bar)
-        except BaseException as e:
-            error = f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            farm.shutdown()
-            farm.metrics.write(job.store)
-            job.report(farm.attempts, replicas=farm.n, wall_s=time.perf_counter() - farm.t0, backend="ray",
-                       gpus_per_replica=farm.gpus, error=error)
-            farm.metrics.close()
-            if started:
-                ray.shutdown()
-    return job.stitch()
-
-
-def _with_resolved_inputs(cfg: DictConfig, job: Job) -> DictConfig:
-    """The config the actors get: the files the driver read (demo inputs included, which the
-    driver wrote) named explicitly and absolutely, so every rank reads the same files."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key, path in job.sources.files.items():
-        cfg.input[key] = path if "://" in path else str(Path(path).resolve())
-    cfg.output = str(job.output.resolve())
-    return cfg
+    started = _connect(job.farm.address)
+    try:
+        replicas = min(job.farm.replicas, max(len(job.todo), 1))
+        with JobRun(job, backend="ray", replicas=replicas, gpus_per_replica=job.farm.gpus_per_replica) as run:
+            farm = _Farm(job, run)
+            try:
+                farm.loop()
+            finally:
+                farm.shutdown()
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,38 +1,44 @@
-"""One rank of one farm replica (a Ray actor; ``farm/ray_farm.py`` wraps it with ``ray.remote``).
+"""One rank of one farm replica: the worker both backends drive.
 
-A replica is G actors, one GPU each, on one node (a STRICT_PACK placement group); they form one
-torch.distributed group (NCCL on GPUs, gloo on CPU) and together render one window at a time,
-the DiT sharded exactly as under torchrun (:func:`~infinitetalk_dist.pipeline.generate.replica_runtime`).
-Rank 0 writes the window's MP4 and uploads it to the job store; the driver records it.
+``farm=local`` runs one worker in the driver's process; ``farm=ray`` wraps the class with
+``ray.remote`` and runs G of them per replica, one GPU each, on one node (a STRICT_PACK
+placement group), forming one torch.distributed group (NCCL on GPUs, gloo on CPU) that renders
+one window at a time with the DiT sharded exactly as under torchrun
+(:func:`~infinitetalk_dist.pipeline.runtime.replica_runtime`). Rank 0 writes the window's MP4
+and uploads it to the job store; the driver records it.
 
-This module imports neither Ray nor anything Ray-specific at import time, so the class can be
-unit-tested as a plain object.
+The worker never decodes the job's inputs: the driver sends the reference (picture, or the
+source video's path with its frame index already built) once and each window's audio slices
+with the window. This module imports nothing Ray-specific at import time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
 import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
-from omegaconf import OmegaConf
+from infinitetalk_dist.pipeline.request import GenerateRequest
+from infinitetalk_dist.pipeline.sources import Reference
 
 __all__ = ["ReplicaWorker"]
 
 
 class ReplicaWorker:
-    """Rank ``rank`` of a replica of ``world`` ranks rendering windows of the job ``cfg_yaml``."""
+    """Rank ``rank`` of a replica of ``world`` ranks rendering windows of one job."""
 
-    def __init__(self, cfg_yaml: str, store_url: str, rank: int, world: int):
-        self.cfg = OmegaConf.create(cfg_yaml)
+    def __init__(self, request: GenerateRequest, store_url: str, rank: int, world: int, reference: Reference,
+                 *, visible_gpu: bool = False):
+        if visible_gpu and request.device.startswith("cuda"):
+            # Ray shows each actor its own GPU through CUDA_VISIBLE_DEVICES.
+            request = dataclasses.replace(request, device="cuda:0")
+        self.request, self.reference = request, reference
         self.store_url, self.rank, self.world = store_url, int(rank), int(world)
-        self.runtime = self.sources = None
-        if self.cfg.device.startswith("cuda"):
-            self.cfg.device = "cuda:0"  # Ray shows each actor its own GPU(s) through CUDA_VISIBLE_DEVICES
+        self.runtime = self.hw = None
 
     def rendezvous(self) -> str:
         """Rank 0: ``tcp://<this node's IP>:<free port>`` for the replica's process group."""
@@ -44,15 +50,16 @@ class ReplicaWorker:
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
     def setup(self, init_method: str | None) -> int:
-        """Join the replica's process group, build (or load) the models, open the inputs.
+        """Join the replica's process group and build (or load) the models.
         Returns this process's PID (the driver logs it; fault tests kill it)."""
         import torch
         import torch.distributed as dist
 
         from infinitetalk_dist.parallel import ParallelState
-        from infinitetalk_dist.pipeline.generate import replica_runtime, resolve_sources
+        from infinitetalk_dist.pipeline.generate import output_hw
+        from infinitetalk_dist.pipeline.runtime import replica_runtime
 
-        device = torch.device(self.cfg.device)
+        device = torch.device(self.request.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if self.world > 1:
@@ -60,23 +67,25 @@ class ReplicaWorker:
             kw = {"device_id": device} if backend == "nccl" else {}
             dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world,
                                     timeout=timedelta(seconds=600), **kw)
-        state = ParallelState.create(cfg=int(self.cfg.parallel.cfg), device=device)
-        self.runtime = replica_runtime(self.cfg, state)
-        self.sources = resolve_sources(self.cfg, Path(self.cfg.output))
+            state = ParallelState.create(cfg=self.request.parallel.cfg, device=device)
+        else:
+            state = ParallelState.single(device)
+        self.runtime = replica_runtime(self.request, state)
+        self.hw = output_hw(self.request, self.reference)
         return os.getpid()
 
-    def render(self, window: dict) -> dict | None:
-        """Render one window (a :class:`~.plan.Window` as a dict). Rank 0 uploads the MP4 to
-        the store and returns ``{"sha256", "size", "frames", "seconds", "step_seconds",
-        "gpu_peak_bytes"}``; the other ranks return None."""
+    def render(self, window: dict, tracks) -> dict | None:
+        """Render one window (a :class:`~.plan.Window` as a dict) from its audio ``tracks``.
+        Rank 0 uploads the MP4 to the store and returns ``{"sha256", "size", "frames",
+        "seconds", "step_seconds", "gpu_peak_bytes"}``; the other ranks return None."""
         import torch
 
+        from . import render
         from .plan import Window
-        from .render import render_window
         from .store import JobStore
 
         w = Window(**window)
-        device = torch.device(self.cfg.device)
+        device = torch.device(self.request.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         steps: list[float] = []
@@ -91,8 +100,8 @@ class ReplicaWorker:
         scratch = tempfile.mkdtemp(prefix="itd-window-") if self.runtime.writer else None
         try:
             local = os.path.join(scratch, f"{w.index:05d}.mp4") if scratch else None
-            render_window(self.cfg, self.runtime.models, self.sources, w, local, progress=on_step,
-                          predict=self.runtime.predict)
+            render.render_window(self.request, self.runtime.models, self.reference, self.hw, w, tracks, local,
+                                 predict=self.runtime.predict, progress=on_step)
             if local is None:
                 return None
             digest, size = JobStore(self.store_url).upload_window(w.index, local)
@@ -102,6 +111,3 @@ class ReplicaWorker:
         return {"sha256": digest, "size": size, "frames": w.frames, "seconds": time.perf_counter() - t0,
                 "step_seconds": steps,
                 "gpu_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0}
-
-    def pid(self) -> int:
-        return os.getpid()

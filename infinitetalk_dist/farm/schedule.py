@@ -1,8 +1,8 @@
 """Which window goes where: longest first to whichever replica is free, bounded retries.
 
-Pure bookkeeping (no Ray, no tensors), shared by the Ray farm, the local runner and the scale
-simulation. Longest-processing-time-first list scheduling is the classic greedy for identical
-machines: its makespan is within 4/3 of the optimum, and with many windows much shorter than
+Pure bookkeeping (no Ray, no tensors), shared by both farm backends (through ``driver.JobRun``)
+and the scale simulation. Longest-processing-time-first list scheduling is the classic greedy
+for identical machines: its makespan is within 4/3 of the optimum, and with many windows much shorter than
 ``total / replicas`` it lands close to the lower bound ``max(longest, total / replicas)``
 (see ``benchmarks/farm_schedule.py``).
 """
@@ -14,10 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from infinitetalk_dist.errors import InfiniteTalkError
+
 __all__ = ["Attempt", "WindowQueue", "WindowFailed", "lower_bound", "simulate"]
 
 
-class WindowFailed(RuntimeError):
+class WindowFailed(InfiniteTalkError, RuntimeError):
     """A window failed ``max_attempts`` times: the job stops with its last cause."""
 
     def __init__(self, index: int, attempts: int, cause: str):

@@ -1,23 +1,23 @@
 """Stitch a job's windows into the finished film: cross-faded seams, H.264 + the original audio.
 
-The windows are decoded one after another with PyAV, frame by frame, and the output frames are
-streamed into :func:`~infinitetalk_dist.pipeline.media.write_mp4` (atomic, H.264 + AAC). Memory
-is one decoded frame plus the ``k`` frames of an overlap being held back for the cross-fade: never
-a whole window, never the film.
+The windows are decoded one after another, frame by frame, and the output frames are streamed
+into :func:`~infinitetalk_dist.media.write_mp4` (atomic, H.264 + AAC). Memory is one decoded
+frame plus the ``k`` frames of an overlap being held back for the cross-fade: never a whole
+window, never the film.
 
 Seams, by the kind of cut at the start of window ``j`` (``window.cut``) and its ``overlap`` ``k``:
 
-- ``k == 0`` (always so for ``"start"`` and ``"shot"``): a hard cut, window ``j``'s first frame
-  follows window ``j-1``'s last frame.
-- ``k > 0`` (``"forced"`` cuts, or ``"silence"`` cuts planned with an overlap): the last ``k``
-  frames of window ``j-1`` and the first ``k`` frames of window ``j`` show the same output frames
-  ``start .. start+k-1``; they are cross-faded linearly, output frame ``start + i`` being
-  ``(1 - a) * previous + a * new`` with ``a = (i + 1) / (k + 1)``.
+- ``k == 0`` (``"start"``, ``"shot"`` and ``"silence"`` cuts): a hard cut, window ``j``'s first
+  frame follows window ``j-1``'s last frame.
+- ``k > 0`` (``"forced"`` cuts): the last ``k`` frames of window ``j-1`` and the first ``k``
+  frames of window ``j`` show the same output frames ``start .. start+k-1``; they are
+  cross-faded linearly, output frame ``start + i`` being ``(1 - a) * previous + a * new`` with
+  ``a = (i + 1) / (k + 1)``.
 
-The plan must tile the film: the first window starts at 0, each next one starts at
-``previous.end - overlap``, the last ends at ``plan.frames``; so the output has exactly
-``plan.frames`` frames. Every window file must hold exactly ``end - start`` frames, else
-:class:`StitchError` names the file (and nothing is written: ``write_mp4`` is atomic).
+The plan must tile the film (:meth:`Plan.check <infinitetalk_dist.farm.plan.Plan.check>`), so
+the output has exactly ``plan.frames`` frames. Every window file must hold exactly
+``end - start`` frames and decode without errors, else :class:`StitchError` names the file (and
+nothing is written: ``write_mp4`` is atomic).
 """
 
 from __future__ import annotations
@@ -27,74 +27,18 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import av
-import av.error
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
-from infinitetalk_dist.pipeline.media import WrittenVideo, write_mp4
+from infinitetalk_dist.errors import InfiniteTalkError, MediaError
+from infinitetalk_dist.media import WrittenVideo, iter_video_frames, write_mp4
 
-__all__ = ["StitchError", "check_plan", "stitch"]
+from .plan import Plan
 
-_HARD = ("start", "shot")
+__all__ = ["StitchError", "stitch"]
 
 
-class StitchError(ValueError):
+class StitchError(InfiniteTalkError, ValueError):
     """The plan does not tile the film, or a window file does not match its window."""
-
-
-def check_plan(plan: Any) -> list:
-    """The plan's windows, after checking they tile ``0 .. plan.frames`` (see the module doc)."""
-    ws = list(plan.windows)
-    if not ws:
-        raise StitchError("plan has no windows")
-    for j, w in enumerate(ws):
-        k = int(w.overlap)
-        if w.end <= w.start:
-            raise StitchError(f"window {w.index}: empty range {w.start}..{w.end}")
-        if k < 0:
-            raise StitchError(f"window {w.index}: negative overlap {k}")
-        if j == 0:
-            if w.start != 0 or k:
-                raise StitchError(f"window {w.index}: the first window must start at 0 with no "
-                                  f"overlap (start {w.start}, overlap {k})")
-            continue
-        prev = ws[j - 1]
-        if w.cut in _HARD and k:
-            raise StitchError(f"window {w.index}: a {w.cut!r} cut is a hard cut but has overlap {k}")
-        if w.start != prev.end - k:
-            raise StitchError(f"window {w.index}: starts at {w.start}, expected {prev.end - k} "
-                              f"(window {prev.index} ends at {prev.end}, overlap {k})")
-    for j, w in enumerate(ws):
-        k_in = int(w.overlap) if j else 0
-        k_out = int(ws[j + 1].overlap) if j + 1 < len(ws) else 0
-        if k_in + k_out > w.end - w.start:
-            raise StitchError(f"window {w.index}: {w.end - w.start} frames can't hold its overlaps "
-                              f"({k_in} with the previous, {k_out} with the next)")
-    if ws[-1].end != plan.frames:
-        raise StitchError(f"the last window ends at frame {ws[-1].end}, the plan has {plan.frames} frames")
-    return ws
-
-
-def _decode(path: str) -> Iterator[np.ndarray]:
-    """Frames of the first video stream of ``path`` as ``uint8 [H, W, 3]``, one at a time."""
-    try:
-        container = av.open(os.fspath(path))
-    except (av.error.FFmpegError, OSError) as e:
-        raise StitchError(f"{path}: not a readable video ({e})") from e
-    try:
-        if not container.streams.video:
-            raise StitchError(f"{path}: has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        to_rgb = VideoReformatter()
-        try:
-            for frame in container.decode(stream):
-                yield to_rgb.reformat(frame, format="rgb24").to_ndarray()
-        except (av.error.FFmpegError, OSError) as e:
-            raise StitchError(f"{path}: decoding failed ({e})") from e
-    finally:
-        container.close()
 
 
 def _blend(prev: np.ndarray, new: np.ndarray, a: float) -> np.ndarray:
@@ -102,6 +46,13 @@ def _blend(prev: np.ndarray, new: np.ndarray, a: float) -> np.ndarray:
         raise StitchError(f"cross-fade between frames of different sizes {prev.shape} and {new.shape}")
     out = prev.astype(np.float32) * (1.0 - a) + new.astype(np.float32) * a
     return np.rint(out).clip(0, 255).astype(np.uint8)
+
+
+def _window_frames(path) -> Iterator[np.ndarray]:
+    try:
+        yield from iter_video_frames(path)
+    except MediaError as e:  # unreadable, no video, or damaged: the file is named
+        raise StitchError(str(e)) from e
 
 
 def _frames(window_videos: Iterable[tuple[Any, Any]], ws: list) -> Iterator[np.ndarray]:
@@ -121,7 +72,7 @@ def _frames(window_videos: Iterable[tuple[Any, Any]], ws: list) -> Iterator[np.n
         k_out = int(ws[j + 1].overlap) if j + 1 < len(ws) else 0
         hold: deque[np.ndarray] = deque()
         count = 0
-        for f in _decode(path):
+        for f in _window_frames(path):
             if count >= n:
                 raise StitchError(f"{path}: window {pw.index} has more than {n} frames "
                                   f"(it covers {pw.start}..{pw.end})")
@@ -144,7 +95,7 @@ def _frames(window_videos: Iterable[tuple[Any, Any]], ws: list) -> Iterator[np.n
 
 def stitch(
     window_videos: Iterable[tuple[Any, str | os.PathLike]],
-    plan: Any,
+    plan: Plan,
     out_path: str | os.PathLike,
     *,
     audio: np.ndarray | str | os.PathLike | None = None,
@@ -161,8 +112,11 @@ def stitch(
     :class:`StitchError` if the plan does not tile the film or a window file has the wrong
     frame count or can't be decoded; ``out_path`` is then left untouched.
     """
-    ws = check_plan(plan)
-    written = write_mp4(out_path, _frames(window_videos, ws), fps=getattr(plan, "fps", 25),
+    try:
+        plan.check()
+    except ValueError as e:
+        raise StitchError(str(e)) from e
+    written = write_mp4(out_path, _frames(window_videos, plan.windows), fps=plan.fps,
                         audio=audio, audio_sr=audio_sr, crf=crf, preset=preset)
     if written.frames != plan.frames:  # _frames guarantees it; a cheap guard against drift
         raise StitchError(f"{out_path}: wrote {written.frames} frames, the plan has {plan.frames}")

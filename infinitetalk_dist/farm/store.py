@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import tempfile
 import warnings
@@ -48,6 +47,9 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from infinitetalk_dist.errors import InfiniteTalkError
+from infinitetalk_dist.media.atomic import atomic_write
+
 __all__ = ["JobStore", "StoreError", "hash_file"]
 
 MANIFEST = "manifest.json"
@@ -56,7 +58,7 @@ _VERSION = 1
 _CHUNK = 1 << 20
 
 
-class StoreError(RuntimeError):
+class StoreError(InfiniteTalkError, RuntimeError):
     """The job store can't be used: unwritable, full, unreachable, or holds a different job."""
 
 
@@ -196,22 +198,21 @@ class JobStore:
 
     def _write_manifest(self, m: dict) -> None:
         data = json.dumps(m, indent=1, sort_keys=True).encode()
-        self._put_atomic(lambda tmp: self._write_bytes(tmp, data), self._p(MANIFEST),
-                         self._p(f".{MANIFEST}.{secrets.token_hex(4)}.part"), len(data),
+        self._put_atomic(lambda tmp: self._write_bytes(tmp, data), self._p(MANIFEST), len(data),
                          f"cannot write {MANIFEST}", "the previous manifest is unchanged")
         self._manifest = m
 
-    def _put_atomic(self, write, final: str, tmp: str, size: int, what: str, kept: str) -> None:
-        """``write(tmp)``, check its size, move it to ``final``; any OSError -> StoreError and
-        no temp file left (``final`` is the old or the new file, never a partial one)."""
+    def _put_atomic(self, write, final: str, size: int, what: str, kept: str) -> None:
+        """``write(tmp)`` to a temp name next to ``final``, check its size, move it to ``final``;
+        any OSError -> StoreError and no temp file left (``final`` is the old or the new file,
+        never a partial one)."""
         try:
-            write(tmp)
-            got = self.fs.size(tmp)
-            if got != size:
-                raise OSError(f"{tmp}: wrote {got} bytes, expected {size}")
-            self.fs.mv(tmp, final)
+            with atomic_write(final, fs=self.fs) as tmp:
+                write(tmp)
+                got = self.fs.size(tmp)
+                if got != size:
+                    raise OSError(f"{tmp}: wrote {got} bytes, expected {size}")
         except OSError as e:
-            self._rm_quiet(tmp)
             raise StoreError(f"job store {self.url}: {what} ({type(e).__name__}: {e}); {kept}") from e
 
     def _write_bytes(self, path: str, data: bytes) -> None:
@@ -220,11 +221,6 @@ class JobStore:
             with contextlib.suppress(AttributeError, OSError, ValueError, NotImplementedError):
                 f.flush()
                 os.fsync(f.fileno())
-
-    def _rm_quiet(self, path: str) -> None:
-        with contextlib.suppress(Exception):
-            if self.fs.exists(path):
-                self.fs.rm(path)
 
     # -- windows ----------------------------------------------------------------------------
 
@@ -256,9 +252,8 @@ class JobStore:
             self.fs.makedirs(self._p("windows"), exist_ok=True)
             self.fs.put_file(src, tmp)
 
-        self._put_atomic(upload, self._wp(index),
-                         self._p("windows", f".{index:05d}.mp4.{secrets.token_hex(4)}.part"), size,
-                         f"cannot store window {index}", "earlier windows are unaffected")
+        self._put_atomic(upload, self._wp(index), size, f"cannot store window {index}",
+                         "earlier windows are unaffected")
         return digest, size
 
     def record_window(self, index: int, digest: str, size: int) -> None:
@@ -282,8 +277,7 @@ class JobStore:
         Returns its path on the store."""
         src = os.fspath(local_path)
         final = self._p(name)
-        self._put_atomic(lambda tmp: self.fs.put_file(src, tmp), final,
-                         self._p(f".{name}.{secrets.token_hex(4)}.part"), os.path.getsize(src),
+        self._put_atomic(lambda tmp: self.fs.put_file(src, tmp), final, os.path.getsize(src),
                          f"cannot write {name}", "the job's windows are unaffected")
         return final if self.is_local else self.fs.unstrip_protocol(final)
 

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .limits import MIN_HEAD_DIM_8BIT
+
 ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash2", "flash3", "sage", "triton_int8", "triton_fp8")
 _ENV = "INFINITETALK_ATTENTION"
 _HALF = (torch.float16, torch.bfloat16)
-MIN_HEAD_DIM_8BIT = 32  # 8-bit tensor-core MMAs reduce over >= 32 elements
 
 
 def _sdpa(q, k, v, mask, scale):

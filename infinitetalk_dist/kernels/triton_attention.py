@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from .attention import MIN_HEAD_DIM_8BIT
+from .limits import MIN_HEAD_DIM_8BIT
 
 try:
     import triton

@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from infinitetalk_dist.media.atomic import atomic_write
+
 __all__ = ["config_overrides", "dashboard", "job_manifests", "render", "write_manifests"]
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -199,8 +201,7 @@ def write_manifests(docs: dict[str, Any], out: str | Path) -> list[Path]:
     paths = []
     for fname, doc in docs.items():
         text = doc if isinstance(doc, str) else "---\n" + yaml.safe_dump(doc, sort_keys=False, width=120)
-        tmp = out / f".{fname}.part"
-        tmp.write_text(text)
-        tmp.replace(out / fname)
+        with atomic_write(out / fname) as tmp:
+            Path(tmp).write_text(text)
         paths.append(out / fname)
     return paths

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from infinitetalk_dist import cli
+from . import cli
 
 
 def main(argv: list[str] | None = None) -> int:

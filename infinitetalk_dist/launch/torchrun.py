@@ -13,27 +13,30 @@ import logging
 import sys
 import traceback
 
-import torch
-import torch.distributed as dist
-from omegaconf import DictConfig
+import dataclasses
 
-from infinitetalk_dist import cli
+import torch.distributed as dist
+
 from infinitetalk_dist.parallel import ParallelState, init_distributed
-from infinitetalk_dist.pipeline.generate import replica_runtime
+from infinitetalk_dist.pipeline.runtime import replica_runtime
+
+from . import cli
+from .config import Config
 
 log = logging.getLogger("infinitetalk_dist.launch")
 
 
-def generate(cfg: DictConfig) -> None:
+def generate(config: Config) -> None:
     from infinitetalk_dist.pipeline.generate import generate as run
 
     device = init_distributed()
     rank = dist.get_rank()
     try:
-        with _on_device(cfg, device):
-            state = ParallelState.create(cfg=cfg.parallel.cfg, device=device)
-            log.info("rank %d: %s", rank, state)
-            info = run(cfg, replica_runtime(cfg, state))
+        if device.type == "cuda":  # this rank's device: cuda:LOCAL_RANK under NCCL
+            config = dataclasses.replace(config, device=str(device))
+        state = ParallelState.create(cfg=config.parallel.cfg, device=device)
+        log.info("rank %d: %s", rank, state)
+        info = run(config, replica_runtime(config, state))
         if info is not None:
             print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s) on {state.world_size} ranks "
                   f"(cfg {state.cfg_size} x sp {state.sp_size})")
@@ -44,20 +47,6 @@ def generate(cfg: DictConfig) -> None:
         raise
     finally:
         dist.destroy_process_group()
-
-
-class _on_device:
-    """Point cfg.device at this rank's device (cuda:LOCAL_RANK under NCCL)."""
-
-    def __init__(self, cfg: DictConfig, device: torch.device):
-        self.cfg, self.device = cfg, device
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            self.cfg.device = str(self.device)
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

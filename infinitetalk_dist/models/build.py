@@ -19,11 +19,11 @@ from .wav2vec2 import AudioEncoder
 @dataclass
 class Models:
     preset: ModelPreset
-    dit: InfiniteTalkDiT
-    vae: WanVAE
-    clip: CLIPVisionEncoder
-    t5: UMT5Encoder
-    wav2vec2: AudioEncoder
+    dit: InfiniteTalkDiT | None  # None from load_models: see parallel.load_dit
+    vae: WanVAE | None
+    clip: CLIPVisionEncoder | None
+    t5: UMT5Encoder | None
+    wav2vec2: AudioEncoder | None
 
     @property
     def dit_dtype(self) -> torch.dtype:
@@ -54,21 +54,24 @@ def random_models(name: str, seed: int, dtype: torch.dtype, device: str | torch.
                   make("clip", CLIPVisionEncoder, preset.clip, 3, torch.float32),
                   make("t5", UMT5Encoder, preset.t5, 4), make("wav2vec2", AudioEncoder, preset.wav2vec2, 5))
 
+
 def load_models(weights: str | Path, *, variant: str = "single", dtype: torch.dtype = torch.bfloat16,
-                device: str | torch.device = "cpu", loras=(), attn_backend: str | None = None,
-                skip: tuple[str, ...] = ()) -> Models:
-    """The real models from an official weights folder (VAE and CLIP stay fp32, as the reference)."""
+                device: str | torch.device = "cpu", skip: tuple[str, ...] = ()) -> Models:
+    """VAE, CLIP, T5 and wav2vec2 from an official weights folder (VAE and CLIP stay fp32, as the
+    reference; ``dtype`` is the T5's); ``skip`` leaves models out (``None``).
+
+    The DiT is not loaded here (``dit`` is ``None``): it comes from
+    :func:`infinitetalk_dist.parallel.load_dit`, in one process or sharded over a replica.
+    """
     from . import weights as W
 
     lay = W.WeightsLayout(Path(weights), variant)
     lay.check()
     preset = PRESETS["14b"]()
     loaders = {
-        "dit": lambda: W.load_dit(lay.wan, lay.infinitetalk, dtype=dtype, device=device, loras=loras,
-                                  attn_backend=attn_backend),
         "vae": lambda: W.load_vae(lay.vae, device=device),
         "clip": lambda: W.load_clip(lay.clip, device=device),
         "t5": lambda: W.load_t5(lay.t5, dtype=dtype, device=device),
         "wav2vec2": lambda: W.load_wav2vec2(lay.wav2vec2, device=device),
     }
-    return Models(preset, **{name: None if name in skip else load() for name, load in loaders.items()})
+    return Models(preset, dit=None, **{name: None if name in skip else load() for name, load in loaders.items()})

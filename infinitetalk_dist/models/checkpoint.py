@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from infinitetalk_dist.errors import InfiniteTalkError
 
 PathLike = str | Path
 _SHOW = 5  # how many keys an error lists
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InfiniteTalkError, ValueError):
     """A checkpoint that cannot be loaded as given (missing, corrupt, wrong keys or shapes)."""
 
 

@@ -183,10 +183,11 @@ class CLIPVisionEncoder(nn.Module):
         self.pre_norm = _FP32LayerNorm(dim, eps=cfg.norm_eps) if cfg.vision_pre_norm else None
         self.transformer = nn.Sequential(*(_Block(cfg, attention_backend) for _ in range(cfg.vision_layers - 1)))
 
-    def set_attention_backend(self, backend: str | None) -> None:
+    def set_attn_backend(self, name: str | None) -> None:
+        """Switch every attention call of the tower to kernel backend ``name``."""
         for m in self.modules():
             if isinstance(m, _SelfAttention):
-                m.backend = backend
+                m.backend = name
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """``[B,3,F,H,W]`` in [-1,1] -> normalised ``[B*F,3,S,S]`` float32 (S = image_size).

@@ -46,15 +46,6 @@ class LoraMerge:
             out = out + strength * _delta(parts, key.endswith(".bias"), out.shape).to(out.device)
         return out
 
-    @torch.no_grad()
-    def merge_into(self, model: torch.nn.Module) -> int:
-        """Merge into an already loaded model (each weight rounded again to its dtype)."""
-        params = dict(model.named_parameters())
-        for key in self._parts:
-            p = params[key]
-            p.copy_(self.apply(key, p.detach()).to(p.dtype))
-        return len(self._parts)
-
 
 def _parse(path) -> dict[str, dict[str, torch.Tensor]]:
     entries: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)

@@ -18,15 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-__all__ = ["AudioEncoder", "embed_waveform", "normalize_waveform", "num_video_frames"]
+from infinitetalk_dist.timeline import FPS, SAMPLE_RATE, num_video_frames
 
-SAMPLE_RATE = 16000
-VIDEO_FPS = 25
-
-
-def num_video_frames(num_samples: int, sr: int = SAMPLE_RATE, fps: float = VIDEO_FPS) -> int:
-    """Frames the reference makes for ``num_samples`` of audio: ``int(len / sr * fps)`` (floor)."""
-    return int(num_samples / sr * fps)
+__all__ = ["AudioEncoder", "embed_waveform", "normalize_waveform"]
 
 
 def normalize_waveform(wave: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -130,7 +124,7 @@ def embed_waveform(
     encoder: AudioEncoder,
     *,
     sr: int = SAMPLE_RATE,
-    fps: float = VIDEO_FPS,
+    fps: float = FPS,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The reference ``get_embedding``: 16 kHz mono waveform -> ``[frames, layers, hidden]``.

@@ -1,26 +1,31 @@
 """User entry points: load each model from the official download layout.
 
-Layout (DESIGN.md §4)::
+Layout::
 
     Wan2.1-I2V-14B-480P/   config.json, diffusion_pytorch_model-0000N-of-00007.safetensors
                            (+ .index.json), Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth,
                            models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth
     chinese-wav2vec2-base/ transformers folder
     InfiniteTalk/single/infinitetalk.safetensors   (audio adapter, merged over the Wan shards)
+
+The DiT is loaded by :func:`infinitetalk_dist.parallel.load_dit` (one process or each rank
+its own rows), from the config and files :func:`dit_config` and :func:`dit_sources` name.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import CheckpointError, TensorSource, _meta_init, expected_shapes, materialise
-from .lora import LoraMerge
+from .checkpoint import CheckpointError, TensorSource, _meta_init, materialise
 from .state_dict_adapter import clip_visual_key
+
+if TYPE_CHECKING:
+    from .dit import DiTConfig
 
 WAN_DIR = "Wan2.1-I2V-14B-480P"
 WAV2VEC_DIR = "chinese-wav2vec2-base"
@@ -103,26 +108,16 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
 
 
-def load_dit(
-    wan_dir: str | Path,
-    infinitetalk_file: str | Path,
-    *,
-    dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cpu",
-    loras: Sequence[tuple[str | Path, float]] = (),
-    attn_backend: str | None = None,
-):
-    """InfiniteTalk DiT: Wan I2V shards with the InfiniteTalk file merged over them, LoRAs merged."""
-    from .dit import DiTConfig, InfiniteTalkDiT
+def dit_config(wan_dir: str | Path, *, attn_backend: str | None = None) -> DiTConfig:
+    """The DiT's config from ``<wan_dir>/config.json`` (``attn_backend``: its attention kernel)."""
+    from .dit import DiTConfig
 
-    wan_dir = Path(wan_dir)
-    cfg = DiTConfig.from_dict({**_read_json(wan_dir / "config.json"), "attn_backend": attn_backend})
-    sources = [TensorSource(p) for p in dit_shards(wan_dir)] + [TensorSource(infinitetalk_file)]
-    with _meta_init():
-        model = InfiniteTalkDiT(cfg)
-    lora = LoraMerge(loras, expected_shapes(model)) if loras else None
-    return materialise(model, sources, "the InfiniteTalk DiT", dtype, device,
-                       transform=lora.apply if lora else None)
+    return DiTConfig.from_dict({**_read_json(Path(wan_dir) / "config.json"), "attn_backend": attn_backend})
+
+
+def dit_sources(wan_dir: str | Path, infinitetalk_file: str | Path) -> list[TensorSource]:
+    """The DiT's checkpoint files in merge order: the Wan shards, then the InfiniteTalk file."""
+    return [TensorSource(p) for p in dit_shards(Path(wan_dir))] + [TensorSource(infinitetalk_file)]
 
 
 def load_vae(path: str | Path, *, config=None, dtype=torch.float32, device="cpu"):

@@ -4,12 +4,13 @@ FSDP2 sharding and CFG-parallel, applied to the model from outside.
 Imports only torch (and the models): usable on the GPU image. Typical use::
 
     state = ParallelState.create(cfg=1)             # after init_process_group; sp = world / cfg
-    model = load_sharded_dit(wan_dir, it_file, state, dtype=torch.bfloat16)
+    model = load_dit(wan_dir, it_file, state, dtype=torch.bfloat16)  # state=None: one process
     preds = predict_branches(model, [cond, drop_text, uncond], state)
 """
 
 from .cfg import batch_branches, plan_branches, predict_branches
-from .fsdp import fully_shard_dit, is_sharded, load_sharded_dit, local_param_bytes, random_sharded_dit
+from .fsdp import fully_shard_dit, is_sharded, local_param_bytes
+from .load import load_dit, random_sharded_dit
 from .parallelize import compile_blocks, fp8_linears, parallelize_dit
 from .state import ParallelState, init_distributed
 from .ulysses import check_heads
@@ -23,7 +24,7 @@ __all__ = [
     "fully_shard_dit",
     "init_distributed",
     "is_sharded",
-    "load_sharded_dit",
+    "load_dit",
     "local_param_bytes",
     "parallelize_dit",
     "plan_branches",

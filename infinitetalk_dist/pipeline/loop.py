@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from infinitetalk_dist import timeline
+
 from .color import match_and_blend_colors
 from .conditioning import audio_windows
 from .sampler import GuidanceState, combine_guidance, euler_step, guidance_branches, timesteps
@@ -116,21 +118,15 @@ class StepProgress:
 
 
 def chunk_starts(first_speaker_len: int, s: WindowSettings) -> list[int]:
-    """First video frame of each chunk, as the reference's loop decides them.
+    """First video frame of each chunk, as the reference's loop decides them
+    (:func:`infinitetalk_dist.timeline.chunk_starts` over ``min(max_frames_num, audio length)``).
 
-    Chunks advance by ``frame_num - motion_frame``. The chunk whose end reaches
-    ``min(max_frames_num, audio length)`` is the last. Only the FIRST speaker's audio length
-    counts (reference quirk: a longer second speaker is cut, a shorter one is clamped).
-    With ``max_frames_num <= frame_num`` there is a single chunk.
+    Only the FIRST speaker's audio length counts (reference quirk: a longer second speaker is
+    cut, a shorter one is clamped). With ``max_frames_num <= frame_num`` there is a single chunk.
     """
-    starts = [0]
     if s.max_frames_num <= s.frame_num:
-        return starts
-    limit = min(s.max_frames_num, first_speaker_len)
-    while True:
-        starts.append(starts[-1] + s.frame_num - s.motion_frame)
-        if starts[-1] + s.frame_num >= limit:
-            return starts
+        return [0]
+    return timeline.chunk_starts(min(s.max_frames_num, first_speaker_len), s.frame_num, s.motion_frame)
 
 
 def _pad_audio_tail(audio: list[torch.Tensor], end: int) -> bool:

@@ -11,9 +11,9 @@ def fail_window():
     bad = int(os.environ["ITD_TEST_FAIL_WINDOW"])
     real = replica.ReplicaWorker.render
 
-    def render(self, window):
+    def render(self, window, *args):
         if window["index"] == bad:
             raise RuntimeError(f"injected failure rendering window {bad}")
-        return real(self, window)
+        return real(self, window, *args)
 
     replica.ReplicaWorker.render = render

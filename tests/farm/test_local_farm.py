@@ -1,4 +1,4 @@
-"""The single-process farm (farm/local.py, farm/render.py) through the CLI: plan, run, resume."""
+"""The single-process farm (farm=local: the farm's worker in this process) through the CLI: plan, run, resume."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from infinitetalk_dist.cli import main
 from infinitetalk_dist.farm import render as render_mod
-from infinitetalk_dist.pipeline.media import probe
+from infinitetalk_dist.launch.cli import main
 from infinitetalk_dist.samples import write_demo_inputs
+from tests.media_probe import probe
 
 FAST = ["sampler.steps=2", "sampler.frame_num=17", "sampler.motion_frame=5", "--no-progress"]
-# ++: set whether or not conf/config.yaml has a farm: block. 4 s of audio -> 3 windows.
-FARM = ["++farm.min_s=1.0", "++farm.target_s=1.5", "++farm.overlap_s=0.4"]
+# 4 s of audio -> 3 windows.
+FARM = ["farm.min_s=1.0", "farm.target_s=1.5", "farm.overlap_s=0.4"]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,9 @@ def _spy(monkeypatch) -> list[int]:
     rendered = []
     real = render_mod.render_window
 
-    def spy(cfg, models, sources, window, path, **kw):
+    def spy(request, models, reference, hw, window, *args, **kw):
         rendered.append(window.index)
-        return real(cfg, models, sources, window, path, **kw)
+        return real(request, models, reference, hw, window, *args, **kw)
 
     monkeypatch.setattr(render_mod, "render_window", spy)
     return rendered

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from infinitetalk_dist.farm.cuts import shot_cuts, speech_pauses
-from infinitetalk_dist.farm.plan import Plan, chunks_for, draw_plan, make_plan, plan_job, window_seed
+from infinitetalk_dist.farm.plan import Plan, draw_plan, make_plan, window_seed
+from infinitetalk_dist.timeline import num_chunks
 from infinitetalk_dist.samples import speech_like
 
 SR = 16000
@@ -15,8 +16,18 @@ def spans(plan):
     return [(w.start, w.end, w.cut, w.overlap) for w in plan.windows]
 
 
-def test_chunks_for():
-    assert [chunks_for(n) for n in (1, 81, 82, 153, 154)] == [1, 1, 2, 2, 3]
+def test_num_chunks():
+    assert [num_chunks(n, 81, 9) for n in (1, 81, 82, 153, 154)] == [1, 1, 2, 2, 3]
+    assert [num_chunks(n, 17, 5) for n in (17, 18, 29, 30)] == [1, 2, 2, 3]
+
+
+def test_window_cost_follows_the_chunk_settings():
+    """The plan prices windows with the sampler's frame_num/motion_frame, not fixed 81/72."""
+    default = make_plan(400, target_s=8.0, steps=4)
+    short = make_plan(400, target_s=8.0, steps=4, frame_num=17, motion_frame=5)
+    assert [w.cost for w in default.windows] == [num_chunks(w.frames, 81, 9) * 4 for w in default.windows]
+    assert [w.cost for w in short.windows] == [num_chunks(w.frames, 17, 5) * 4 for w in short.windows]
+    assert short.cost > default.cost
 
 
 def test_shots_only_are_free_cuts():
@@ -69,7 +80,7 @@ def test_seeds_and_cost():
     assert [w.seed for w in plan.windows] == [window_seed(7, i) for i in range(3)]
     assert len({w.seed for w in plan.windows}) == 3 and all(0 <= w.seed < 2**31 for w in plan.windows)
     assert make_plan(1500, target_s=20, seed=8).windows[0].seed != plan.windows[0].seed
-    assert [w.cost for w in plan.windows] == [chunks_for(w.frames) * 10 for w in plan.windows]
+    assert [w.cost for w in plan.windows] == [num_chunks(w.frames, 81, 9) * 10 for w in plan.windows]
 
 
 def test_deterministic_json_and_round_trip():
@@ -118,6 +129,13 @@ def test_from_json_rejects_broken_plan():
     doc["windows"][1]["start"] += 3
     with pytest.raises(ValueError, match="continue"):
         Plan.from_json(json.dumps(doc))
+    # a window shorter than its two overlaps: the cross-fades with both neighbours would collide
+    doc = json.loads(make_plan(90, target_s=1.0, overlap_s=0.4).to_json())
+    w1, w2 = doc["windows"][1], doc["windows"][2]
+    assert (w1["overlap"], w1["end"] - w1["start"], w2["cut"]) == (10, 33, "forced")
+    w2["overlap"], w2["start"] = 30, w1["end"] - 30
+    with pytest.raises(ValueError, match=r"window 1: 33 frames can't hold its overlaps \(10 .*, 30 .*\)"):
+        Plan.from_json(json.dumps(doc))
 
 
 def test_speech_pauses_finds_known_gaps():
@@ -139,7 +157,7 @@ def test_speech_pauses_finds_known_gaps():
 
 
 def test_shot_cuts_on_two_shot_video(tmp_path):
-    from infinitetalk_dist.pipeline.media import write_mp4
+    from infinitetalk_dist.media import write_mp4
     from infinitetalk_dist.samples import face_image
 
     rng = np.random.default_rng(0)
@@ -152,14 +170,6 @@ def test_shot_cuts_on_two_shot_video(tmp_path):
     write_mp4(path, frames, fps=30, audio=audio, audio_sr=SR)
     cuts = shot_cuts(path, fps_out=25)
     assert len(cuts) == 1 and abs(cuts[0] - 75) <= 1, cuts
-    # plan_job wires audio -> frames + pauses and video -> shots into make_plan
-    from infinitetalk_dist.pipeline.audio import load_audio
-
-    plan = plan_job(path, path, replicas=2, target_s=2.0)
-    pauses = speech_pauses(load_audio(path))
-    assert plan.frames == 150 and pauses
-    assert plan == make_plan(150, shots=cuts, pauses=pauses, replicas=2, target_s=2.0)
-    assert "shot" in [w.cut for w in plan.windows]
     with pytest.raises(ValueError, match="no such video"):
         shot_cuts(tmp_path / "missing.mp4")
 

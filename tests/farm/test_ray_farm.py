@@ -22,9 +22,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from infinitetalk_dist.cli import main  # noqa: E402
+from infinitetalk_dist.launch.cli import main  # noqa: E402
 from infinitetalk_dist.farm.store import JobStore  # noqa: E402
 from infinitetalk_dist.samples import write_demo_inputs  # noqa: E402
+from tests.media_probe import probe  # noqa: E402
 
 FAST = ["sampler.steps=2", "sampler.frame_num=17", "sampler.motion_frame=5", "--no-progress"]
 # 4 s of audio -> 3 windows (44/43/33 frames) balanced over 2 replicas.
@@ -298,7 +299,7 @@ def test_v2v_film_with_a_shot_cut_on_two_replicas(cluster, tmp_path):
     """The issue's acceptance job: a 24 s synthetic source video with one hard cut, dubbed with
     new audio on 2 replicas. The shot cut is a free window boundary, the film has every frame
     and the audio's length, and frames across the cut are not blended."""
-    from infinitetalk_dist.pipeline.media import probe, write_mp4
+    from infinitetalk_dist.media import write_mp4
     from infinitetalk_dist.samples import face_image, speech_like
 
     a, b = face_image((96, 96), seed=1), face_image((96, 96), seed=7)[..., ::-1].copy()

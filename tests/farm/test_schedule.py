@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from infinitetalk_dist.farm.plan import FPS, chunks_for
 from infinitetalk_dist.farm.schedule import WindowFailed, WindowQueue, lower_bound, simulate
+from infinitetalk_dist.timeline import FPS, num_chunks
 
 
 @dataclass
@@ -34,7 +34,7 @@ def test_retries_are_bounded_and_name_the_cause():
 def test_200_windows_on_16_replicas_within_5_percent_of_the_bound():
     """The issue's scale criterion, on the farm's own scheduling rule (no timing involved)."""
     r = random.Random(0)
-    costs = [chunks_for(round(min(120.0, max(2.0, r.lognormvariate(2.8, 0.8))) * FPS)) for _ in range(200)]
+    costs = [num_chunks(round(min(120.0, max(2.0, r.lognormvariate(2.8, 0.8))) * FPS), 81, 9) for _ in range(200)]
     makespan, assigned = simulate(costs, 16)
     bound = lower_bound(costs, 16)
     print(f"makespan / lower bound = {makespan / bound:.4f}")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import uuid
-from types import SimpleNamespace as NS
 
 import fsspec
 import numpy as np
 import pytest
 
+from infinitetalk_dist.errors import InfiniteTalkError
+from infinitetalk_dist.farm.plan import Plan, Window
 from infinitetalk_dist.farm.stitch import StitchError, stitch
 from infinitetalk_dist.farm.store import JobStore
-from infinitetalk_dist.pipeline.media import VideoSource, probe, write_mp4
+from infinitetalk_dist.media import VideoSource, write_mp4
+from tests.media_probe import probe
 
 H, W = 32, 48
 COLOURS = [(200, 60, 40), (40, 60, 200), (60, 200, 60)]
@@ -20,11 +22,10 @@ K = 4  # the forced overlap
 
 
 def _plan(frames=30):
-    ws = [NS(index=0, start=0, end=12, cut="start", overlap=0, seed=1),
-          NS(index=1, start=12 - K, end=20, cut="forced", overlap=K, seed=2),
-          NS(index=2, start=20, end=frames, cut="shot", overlap=0, seed=3)]
-    return NS(frames=frames, fps=25, windows=ws,
-              to_json=lambda: json.dumps({"frames": frames, "windows": [vars(w) for w in ws]}))
+    ws = [Window(index=0, start=0, end=12, cut="start", overlap=0, seed=1, cost=1),
+          Window(index=1, start=12 - K, end=20, cut="forced", overlap=K, seed=2, cost=1),
+          Window(index=2, start=20, end=frames, cut="shot", overlap=0, seed=3, cost=1)]
+    return Plan(fps=25, frames=frames, windows=ws)
 
 
 def _solid(colour, n):
@@ -102,15 +103,40 @@ def test_window_with_wrong_frame_count_raises(windows, tmp_path, n):
     assert list(tmp_path.glob(".*")) == []
 
 
-def test_plan_that_does_not_tile_raises(windows, tmp_path):
+def test_unreadable_window_raises_naming_it(windows, tmp_path):
     plan = _plan()
-    plan.windows[2].overlap = 2
-    with pytest.raises(StitchError, match="'shot' cut is a hard cut"):
-        stitch(zip(plan.windows, windows), plan, tmp_path / "x.mp4")
-    plan = _plan(frames=31)
-    plan.windows[2].end = 30
-    with pytest.raises(StitchError, match="ends at frame 30, the plan has 31"):
-        stitch(zip(plan.windows, windows), plan, tmp_path / "x.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(StitchError, match=r"junk\.mp4: not a readable media file"):
+        stitch([(plan.windows[0], windows[0]), (plan.windows[1], str(junk)),
+                (plan.windows[2], windows[2])], plan, tmp_path / "film.mp4")
+    assert not (tmp_path / "film.mp4").exists()
+
+
+def _replace(plan, i, **changes):
+    plan.windows[i] = dataclasses.replace(plan.windows[i], **changes)
+    return plan
+
+
+def test_plan_that_does_not_tile_raises(windows, tmp_path):
+    # stitch checks the plan with Plan.check; its ValueError becomes a StitchError
+    out = tmp_path / "x.mp4"
+    plan = _replace(_plan(), 2, start=18, overlap=2)
+    with pytest.raises(StitchError, match="window 2 has cut 'shot' with overlap 2") as e:
+        stitch(zip(plan.windows, windows), plan, out)
+    assert isinstance(e.value, InfiniteTalkError) and isinstance(e.value, ValueError)
+    plan = _replace(_plan(), 2, start=21)
+    with pytest.raises(StitchError, match="window 2 does not continue the previous one"):
+        stitch(zip(plan.windows, windows), plan, out)
+    plan = _replace(_plan(frames=31), 2, end=30)
+    with pytest.raises(StitchError, match="windows end at 30, expected 31"):
+        stitch(zip(plan.windows, windows), plan, out)
+    # a window must hold the frames it shares with both neighbours
+    plan = _replace(_plan(), 2, start=10, cut="forced", overlap=10)
+    with pytest.raises(StitchError, match=r"window 1: 12 frames can't hold its overlaps \(4 with the "
+                                          r"previous, 10 with the next\)"):
+        stitch(zip(plan.windows, windows), plan, out)
+    assert not out.exists()
 
 
 def test_missing_or_misordered_windows_raise(windows, tmp_path):

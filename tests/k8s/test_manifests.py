@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infinitetalk_dist.cli import compose, main
+from infinitetalk_dist.launch.cli import main
+from infinitetalk_dist.launch.config import compose
 from infinitetalk_dist.farm.metrics import METRIC_NAMES
 
 kv = pytest.importorskip("kubernetes_validate")

@@ -33,9 +33,9 @@ from infinitetalk_dist.parallel import (
     plan_branches,
     predict_branches,
 )
-from infinitetalk_dist.parallel.testing import DistributedFailure, run_on_ranks
-from tests.parity.golden import record
 from tests.parallel import workers
+from tests.parallel.ranks import DistributedFailure, run_on_ranks
+from tests.parity.golden import record
 from tests.tiny_weights import write_dit, write_lora
 
 TINY_TOL = 1e-5  # relative to max|output|, for slices of < 11 rows (see the module docstring)
@@ -207,7 +207,7 @@ def test_sharded_loading(tmp_path):
     for lora_path in (None, str(lora)):
         results = run_on_ranks(workers.sharded_loading, 2, str(tmp_path), lora_path, timeout_s=120)
         for res in results:
-            assert res["params_equal"], f"rank {res['rank']}: sharded parameters differ from load_dit's"
+            assert res["params_equal"], f"rank {res['rank']}: sharded parameters differ from the one-process load_dit's"
             assert res["forward"]["equal"], f"rank {res['rank']}: forward differs ({res['forward']})"
             assert res["random_equal"], f"rank {res['rank']}: random_sharded_dit differs from randomize_"
         local = [res["local_bytes"] for res in results]
@@ -215,8 +215,8 @@ def test_sharded_loading(tmp_path):
         read = [res["read_bytes"] for res in results]
         if lora_path is None:  # each rank read exactly its own rows from the safetensors files
             assert read == local, (read, local)
-        record(f"load_sharded_dit over 2 ranks{' + LoRA' if lora_path else ''}: {results[0]['n_params']} tensors "
-               f"equal to load_dit, forward bitwise equal; bytes kept per rank {local} of "
+        record(f"load_dit over 2 ranks{' + LoRA' if lora_path else ''}: {results[0]['n_params']} tensors "
+               f"equal to load_dit in one process, forward bitwise equal; bytes kept per rank {local} of "
                f"{results[0]['total_bytes']}; bytes read from safetensors slices per rank {read}"
                f"{' (LoRA: whole tensors read, merged, then sliced)' if lora_path else ''}")
 

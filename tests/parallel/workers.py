@@ -136,21 +136,22 @@ def cfg_parallel(cfg_size: int, sp: int, settings: list[tuple]) -> dict:
 
 @torch.no_grad()
 def sharded_loading(root: str, lora: str | None) -> dict:
-    """load_sharded_dit (FSDP, sp = world) vs load_dit; random_sharded_dit vs randomize_."""
+    """load_dit over the replica (FSDP, sp = world) vs load_dit in one process (state None);
+    random_sharded_dit vs randomize_."""
     from pathlib import Path
 
-    from infinitetalk_dist.models.weights import INFINITETALK_FILES, WAN_DIR, load_dit
-    from infinitetalk_dist.parallel import fsdp as fsdp_module
-    from infinitetalk_dist.parallel import load_sharded_dit
+    from infinitetalk_dist.models.weights import INFINITETALK_FILES, WAN_DIR
+    from infinitetalk_dist.parallel import load as load_module
+    from infinitetalk_dist.parallel import load_dit
 
     state = ParallelState.create(cfg=1)
     root = Path(root)
     loras = [(lora, 0.7)] if lora else []
     args = (root / WAN_DIR, root / INFINITETALK_FILES["single"])
-    whole = load_dit(*args, dtype=torch.float32, loras=loras)
+    whole = load_dit(*args, None, dtype=torch.float32, loras=loras)  # one process: every row
     # Count what is read from the checkpoint files: without a LoRA, only this rank's rows.
     read_bytes = []
-    real_reader = fsdp_module._safetensors_reader
+    real_reader = load_module._safetensors_reader
 
     def counting_reader(handle, name):
         read = real_reader(handle, name)
@@ -161,11 +162,11 @@ def sharded_loading(root: str, lora: str | None) -> dict:
             return t
         return counted
 
-    fsdp_module._safetensors_reader = counting_reader
+    load_module._safetensors_reader = counting_reader
     try:
-        sharded = load_sharded_dit(*args, state, dtype=torch.float32, device="cpu", loras=loras)
+        sharded = load_dit(*args, state, dtype=torch.float32, device="cpu", loras=loras)
     finally:
-        fsdp_module._safetensors_reader = real_reader
+        load_module._safetensors_reader = real_reader
     out = dict(rank=state.rank, local_bytes=local_param_bytes(sharded), read_bytes=sum(read_bytes),
                total_bytes=sum(p.numel() * p.element_size() for p in whole.parameters()))
     ref_params = dict(whole.named_parameters())

@@ -255,7 +255,7 @@ def test_dit_14b_preset():
     cfg = dit_14b()
     with torch.device("meta"):
         n = sum(p.numel() for p in InfiniteTalkDiT(cfg).parameters())
-    assert round(n / 1e9, 2) == 18.88  # DESIGN.md: 18.88 B with the audio adapter
+    assert round(n / 1e9, 2) == 18.88  # the 14B DiT with the audio adapter: 18.88 B
     # The Wan checkpoint's config.json lacks the audio fields: they default to InfiniteTalk's.
     wan_json = {"_class_name": "WanModel", "dim": 5120, "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256,
                 "in_dim": 36, "model_type": "i2v", "num_heads": 40, "num_layers": 40, "out_dim": 16, "text_len": 512}

@@ -10,8 +10,9 @@ import torch
 import transformers
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
-from infinitetalk_dist.models.wav2vec2 import AudioEncoder, embed_waveform, normalize_waveform, num_video_frames
+from infinitetalk_dist.models.wav2vec2 import AudioEncoder, embed_waveform, normalize_waveform
 from infinitetalk_dist.pipeline.audio import loudness_normalize
+from infinitetalk_dist.timeline import num_video_frames
 from tests.parity.golden import assert_close, case, config, each_case, record, rel_l2, tensors, weights
 
 

@@ -7,9 +7,10 @@
                                                          (farm=ray: replicas on a Ray cluster)
     infinitetalk-dist k8s render [flags] [key=value ...] KubeRay/Kubernetes manifests for the job
 
-Flags are shorthands for config paths of ``infinitetalk_dist/conf/config.yaml`` (``--steps 8``
-is ``sampler.steps=8``); any path can also be set as ``key=value`` (Hydra override syntax),
-and ``--cfg`` prints the composed config.
+Flags are shorthands for config paths (the schema in ``launch/config.py``; ``--steps 8`` is
+``sampler.steps=8``); any path can also be set as ``key=value`` (Hydra override syntax), and
+``--cfg`` prints the composed config. The composed config is checked and turned into the typed
+:class:`~.config.Config` here; the commands get that object.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import logging
 import sys
 import time
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
+
+from infinitetalk_dist.errors import InfiniteTalkError
+
+from .config import Config, compose, to_config
 
 # flag -> (config path, type, help). Values are set on the composed config after overrides.
 GENERATE_FLAGS = {
@@ -48,30 +53,20 @@ GENERATE_FLAGS = {
 }
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    with initialize_config_module(version_base="1.3", config_module="infinitetalk_dist.conf"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
-def smoke(cfg: DictConfig) -> None:
+def smoke(config: Config) -> None:
     """Run each model once and print shapes and timings."""
     import torch
 
-    from .pipeline.generate import build_models
+    from infinitetalk_dist.pipeline.runtime import build_models
+    from infinitetalk_dist.timeline import SAMPLES_PER_FRAME
 
-    device = torch.device(cfg.device)
+    device = torch.device(config.device)
     t0 = time.perf_counter()
-    models = build_models(cfg)
-    print(f"built preset {models.preset.name} on {device} ({cfg.dtype}) in {time.perf_counter() - t0:.2f} s")
-    dtype = next(models.dit.parameters()).dtype
-
-    s = cfg.smoke
-    if (s.frames - 1) % 4:
-        raise ValueError(f"smoke.frames must be 4n+1, got {s.frames}")
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    models = build_models(config)
+    print(f"built preset {models.preset.name} on {device} ({config.dtype}) in {time.perf_counter() - t0:.2f} s")
+    s = config.smoke
+    height, width = s.size
+    g = torch.Generator(device="cpu").manual_seed(config.seed)
     rows = []
 
     def timed(name, fn, *args):
@@ -85,14 +80,15 @@ def smoke(cfg: DictConfig) -> None:
         rows.append((name, tuple(out.shape), (time.perf_counter() - t) / max(1, s.repeats)))
         return out
 
+    dtype = models.dit_dtype
     with torch.inference_mode():
-        wave = torch.randn(int(16000 * s.frames / 25) + 640, generator=g)
+        wave = torch.randn(s.frames * SAMPLES_PER_FRAME + SAMPLES_PER_FRAME, generator=g)
         audio = timed("wav2vec2", models.wav2vec2, wave[None].to(device, dtype), s.frames)
         ids = torch.randint(2, models.preset.t5.vocab_size, (1, 12), generator=g).to(device)
         context = timed("umt5", models.t5, ids, torch.ones_like(ids))
-        image = (torch.rand(1, 3, 1, s.height, s.width, generator=g) * 2 - 1).to(device)
+        image = (torch.rand(1, 3, 1, height, width, generator=g) * 2 - 1).to(device)
         clip_fea = timed("clip", models.clip, image.to(next(models.clip.parameters()).dtype))
-        video = torch.cat([image, torch.zeros(1, 3, s.frames - 1, s.height, s.width, device=device)], 2)
+        video = torch.cat([image, torch.zeros(1, 3, s.frames - 1, height, width, device=device)], 2)
         latent = timed("vae encode", models.vae.encode, video.to(next(models.vae.parameters()).dtype))
         mask = torch.zeros(1, 4, *latent.shape[2:], device=device, dtype=latent.dtype)
         mask[:, :, 0] = 1
@@ -115,26 +111,28 @@ def smoke(cfg: DictConfig) -> None:
         print(f"{name:<12} {str(list(shape)):<28} {sec:8.3f}")
 
 
-def generate(cfg: DictConfig) -> None:
-    from .pipeline.generate import generate as run
+def _wrote(info, t0: float, suffix: str = "") -> None:
+    print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s, {info.width}x{info.height}, "
+          f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s{suffix}")
+
+
+def generate(config: Config) -> None:
+    from infinitetalk_dist.pipeline.generate import generate as run
 
     t0 = time.perf_counter()
-    info = run(cfg)
-    print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s, {info.width}x{info.height}, "
-          f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s")
+    _wrote(run(config), t0)
 
 
-def plan(cfg: DictConfig) -> None:
+def plan(config: Config) -> None:
     """Print the job's window plan (JSON) and draw its timeline next to the output."""
     from pathlib import Path
 
-    from .farm.local import _output, plan_sources
-    from .farm.plan import draw_plan
-    from .pipeline.generate import resolve_sources
+    from infinitetalk_dist.farm.job import job_sources, plan_sources
+    from infinitetalk_dist.farm.plan import draw_plan
 
-    output = _output(cfg)
-    sources = resolve_sources(cfg, output)
-    job_plan = plan_sources(cfg, sources)
+    sources = job_sources(config)
+    job_plan = plan_sources(config, config.farm, sources)
+    output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     png = draw_plan(job_plan, sources.audio.mix, Path(f"{output}.plan.png"))
     print(job_plan.to_json(), end="")
@@ -142,41 +140,31 @@ def plan(cfg: DictConfig) -> None:
     print(f"timeline: {png}", file=sys.stderr)
 
 
-def run(cfg: DictConfig) -> None:
-    """The whole job on this process: plan, render the windows not yet stored, stitch."""
-    from .farm.local import run_job
-    from .farm.schedule import WindowFailed
-    from .farm.store import StoreError
+def run(config: Config) -> None:
+    """The whole job: plan, render the windows not yet stored (farm.backend), stitch."""
+    from infinitetalk_dist.farm.job import run_job
 
     t0 = time.perf_counter()
-    try:
-        info = run_job(cfg)
-    except (StoreError, WindowFailed) as e:  # e.g. the store holds another job: one line, exit 1
-        raise ValueError(str(e)) from e
-    except RuntimeError as e:
-        if type(e).__name__ == "FarmError":  # ray_farm is imported only with farm=ray
-            raise ValueError(str(e)) from e
-        raise
-    print(f"wrote {info.path} ({info.frames} frames, {info.duration:.2f} s, {info.width}x{info.height}, "
-          f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s")
+    _wrote(run_job(config, config.farm), t0)
 
 
-def k8s(cfg: DictConfig) -> None:
+def k8s(config: Config) -> None:
     """Render the job's Kubernetes manifests (KubeRay RayCluster/RayJob, plain Job, PodMonitor,
     Grafana dashboard) into ``k8s.out``; with ``k8s.titles``, one RayJob per CSV row."""
     import csv
     from pathlib import Path
 
-    from .launch.k8s import job_manifests, render, write_manifests
+    from .k8s import job_manifests, render, write_manifests
 
-    out = Path(cfg.k8s.out or Path(str(cfg.output)).parent / "k8s")
+    cfg = OmegaConf.structured(config)
+    out = Path(config.k8s.out or Path(config.output).parent / "k8s")
     defaults = compose([])
-    docs = render(cfg, defaults, jobs=not cfg.k8s.titles)
-    if cfg.k8s.titles:
-        with open(cfg.k8s.titles, newline="") as fh:
+    docs = render(cfg, defaults, jobs=not config.k8s.titles)
+    if config.k8s.titles:
+        with open(config.k8s.titles, newline="") as fh:
             rows = list(csv.DictReader(fh))
         if not rows or not {"name", "audio"} <= set(rows[0]):
-            raise ValueError(f"{cfg.k8s.titles}: need a header with at least name,audio (and video or image)")
+            raise ValueError(f"{config.k8s.titles}: need a header with at least name,audio (and video or image)")
         for row in rows:
             title = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
             title.k8s.name = row["name"]
@@ -203,8 +191,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="infinitetalk-dist",
         usage="infinitetalk-dist COMMAND [flags] [key=value ...]",
         description="InfiniteTalk talking-video generation as a distributed render farm.",
-        epilog="Every option is a path of infinitetalk_dist/conf/config.yaml; set any of them as key=value "
-               "(e.g. sampler=lightx2v 'model.loras=[{path: lora.safetensors, strength: 1.0}]').",
+        epilog="Every option is a config path (the schema: infinitetalk_dist/launch/config.py; --cfg prints "
+               "them); set any of them as key=value (e.g. sampler=lightx2v 'model.loras=[{path: lora.safetensors, strength: 1.0}]').",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
@@ -271,10 +259,6 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are key=value)")
     args.overrides = overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .models.checkpoint import CheckpointError
-    from .pipeline.audio import AudioError
-    from .pipeline.media import MediaError
-
     groups, values = _apply_flags(args)
     try:
         cfg = compose(groups + args.overrides)
@@ -282,14 +266,14 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
             for path, value in values.items():
                 OmegaConf.update(cfg, path, value, merge=False)
     except Exception as e:  # Hydra/OmegaConf override errors: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
     try:
-        runners[args.command](cfg)
-    except (CheckpointError, AudioError, MediaError, ValueError, FileNotFoundError) as e:
+        runners[args.command](to_config(cfg))
+    except (InfiniteTalkError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,119 @@
+"""The driver's bookkeeping of one run of a job, the same for every backend.
+
+A backend (``farm/local.py``, ``farm/ray_farm.py``) only moves windows to workers and results
+back; :class:`JobRun` owns the rest: the queue (longest first, bounded attempts), the record
+of every attempt (the report's Gantt chart), the Prometheus metrics, the progress bar, the
+manifest updates (the driver is the store's only manifest writer) and, at the end, the job
+report and ``metrics.prom``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from .metrics import FarmMetrics
+from .render import window_tracks
+from .schedule import Attempt, WindowFailed, WindowQueue
+
+__all__ = ["JobRun"]
+
+log = logging.getLogger(__name__)
+
+
+class JobRun:
+    """One run of a prepared job (:class:`~.job.Job`) on ``replicas`` replicas; a context
+    manager: on exit the progress bar closes and the report and metrics are written, also when
+    the run failed."""
+
+    def __init__(self, job, *, backend: str, replicas: int, gpus_per_replica: int = 0):
+        self.job, self.backend, self.replicas, self.gpus = job, backend, replicas, gpus_per_replica
+        self.queue = WindowQueue(job.todo, max_attempts=job.farm.max_attempts)
+        self.metrics = FarmMetrics(len(job.plan.windows), done=len(job.done))
+        self.attempts: list[Attempt] = []
+        self.t0 = time.perf_counter()
+        self.bar = None
+
+    def __enter__(self) -> JobRun:
+        if self.job.farm.metrics_port is not None:
+            log.info("metrics: http://localhost:%d/metrics", self.metrics.serve(int(self.job.farm.metrics_port)))
+        if self.job.request.progress:
+            from tqdm import tqdm
+
+            desc = "farm" if self.backend == "local" else f"farm ({self.replicas} replicas)"
+            self.bar = tqdm(total=len(self.job.todo), unit="window", desc=desc, dynamic_ncols=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        for a in self.attempts:  # an attempt interrupted by the failure
+            if a.end is None:
+                self._close(a, "failed", f"{exc_type.__name__}: {exc}" if exc_type else "interrupted")
+        self.metrics.write(self.job.store)
+        self._report(f"{exc_type.__name__}: {exc}" if exc_type else None)
+        self.metrics.close()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def take(self, replica: int):
+        """The next window for ``replica``: ``(window, attempt, its audio tracks)``."""
+        w = self.queue.take()
+        a = Attempt(w.index, replica, self.now())
+        self.attempts.append(a)
+        self.metrics.started()
+        log.info("window #%d (frames [%d, %d), attempt %d) -> replica %d", w.index, w.start, w.end,
+                 self.queue.attempts[w.index], replica)
+        return w, a, self.tracks(w)
+
+    def tracks(self, w) -> list[np.ndarray]:
+        return window_tracks(self.job.sources.audio.tracks, w.start, w.end)
+
+    def finished(self, w, a: Attempt, result: dict) -> None:
+        """Record a window its worker uploaded (a store error fails the job at once)."""
+        try:
+            self.job.store.record_window(w.index, result["sha256"], result["size"])
+        except Exception as e:
+            self._close(a, "failed", str(e))
+            raise
+        self._close(a, "done")
+        self.metrics.finished(result["frames"], result["seconds"], result["step_seconds"], replica=a.replica,
+                              gpu_peak_bytes=result["gpu_peak_bytes"])
+        log.info("window #%d done on replica %d in %.1f s", w.index, a.replica, result["seconds"])
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def failed(self, w, a: Attempt, cause: str, *, lost: bool = False) -> None:
+        """A window's attempt failed (or lost its actor): back in the queue, or
+        :class:`WindowFailed` once it has failed ``farm.max_attempts`` times."""
+        self._close(a, "lost" if lost else "failed", cause)
+        try:
+            self.queue.failed(w, cause)
+        except WindowFailed:
+            self.metrics.failed()
+            raise
+        self.metrics.retried()
+
+    def fatal(self, a: Attempt, cause: str) -> None:
+        """An attempt that fails the job at once (a store error: retrying cannot help)."""
+        self._close(a, "failed", cause)
+        self.metrics.failed()
+
+    def _close(self, a: Attempt, outcome: str, cause: str = "") -> None:
+        a.end, a.outcome, a.cause = self.now(), outcome, cause
+
+    def _report(self, error: str | None) -> None:
+        """Write the job report into the store (a failure to write it only warns)."""
+        from .report import write_report
+
+        job = self.job
+        try:
+            path = write_report(job.store, job.plan, self.attempts, replicas=self.replicas, wall_s=self.now(),
+                                wave_16k=job.sources.audio.mix, backend=self.backend,
+                                gpus_per_replica=self.gpus, already_done=len(job.done), error=error)
+            log.info("job report: %s", path)
+        except Exception as e:  # the report must never hide the job's own outcome
+            log.warning("could not write the job report (%s: %s)", type(e).__name__, e)

@@ -1,0 +1,128 @@
+"""A long job: its inputs, plan and store, what is left to render, and the backend that renders it.
+
+    run_job(request, farm) -> prepare_job: inputs (decoded once, here), plan (shots + pauses +
+                              forced cuts), JobStore at farm.store (created, or resumed: the same
+                              job only) and the windows not yet stored
+                           -> the backend (farm=local: this process; farm=ray: replicas on a
+                              Ray cluster) renders them through the same worker and queue
+                           -> stitch every window in order with the original audio
+
+Re-running the same job resumes: windows already in the store (size and sha256 as recorded)
+are not rendered again. The store refuses a different job (other plan, settings or inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from infinitetalk_dist.errors import InputError
+from infinitetalk_dist.media import WrittenVideo
+from infinitetalk_dist.pipeline.generate import checked_output
+from infinitetalk_dist.pipeline.request import GenerateRequest
+from infinitetalk_dist.pipeline.sources import Sources, resolve_sources
+from infinitetalk_dist.timeline import FPS
+
+from .options import FarmOptions
+from .plan import Plan, make_plan
+from .stitch import stitch
+from .store import JobStore, hash_file
+
+__all__ = ["Job", "job_inputs", "job_settings", "plan_sources", "prepare_job", "run_job"]
+
+log = logging.getLogger(__name__)
+
+# Request fields that say how a job runs, not what it renders: left out of the stored settings
+# so a job can be resumed elsewhere (another device, attention backend, output name, parallelism).
+_EXECUTION_KEYS = ("output", "progress", "device", "attention", "compile", "parallel")
+_INPUT_FILES = ("image", "video", "audio", "audio2", "demo_dir")
+
+
+def job_sources(request: GenerateRequest) -> Sources:
+    """The job's inputs, read and checked (demo inputs for the tiny preset when none are given)."""
+    output = checked_output(request)
+    return resolve_sources(request.input, output, seed=request.seed,
+                           allow_demo=request.model.preset == "tiny" and not request.model.weights)
+
+
+def plan_sources(request: GenerateRequest, farm: FarmOptions, sources: Sources) -> Plan:
+    """The job's plan from its loaded inputs: frames from the audio (capped by
+    ``sampler.max_frames``), pauses from the speech mix (silero-vad), shot cuts from the source
+    video (V2V), replicas/target/overlap from ``farm``, window costs from the chunk sizes."""
+    from .cuts import shot_cuts, speech_pauses
+
+    frames = sources.frames
+    if request.sampler.max_frames:
+        frames = min(frames, int(request.sampler.max_frames))
+    if frames < 1:
+        raise InputError("the audio is shorter than one frame")
+    pauses = speech_pauses(sources.audio.mix, min_pause_s=farm.min_pause_s)
+    shots = []
+    if sources.reference.video_path is not None:
+        shots = [s for s in shot_cuts(sources.reference.video_path, FPS, threshold=farm.shot_threshold)
+                 if 0 < s < frames]
+    s = request.sampler
+    return make_plan(frames, shots=shots, pauses=pauses, replicas=farm.replicas, target_s=farm.target_s,
+                     overlap_s=farm.overlap_s, min_s=farm.min_s, max_s=farm.max_s, seed=request.seed,
+                     steps=s.steps, frame_num=s.frame_num, motion_frame=s.motion_frame, fps=FPS)
+
+
+def job_settings(request: GenerateRequest) -> dict:
+    """What decides the rendered frames: the request less execution details and input paths
+    (the inputs are recorded by content, :func:`job_inputs`)."""
+    doc = {f.name: getattr(request, f.name) for f in dataclasses.fields(GenerateRequest)
+           if f.name not in _EXECUTION_KEYS}
+    doc = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in doc.items()}
+    for key in _INPUT_FILES:
+        doc["input"].pop(key, None)
+    return doc
+
+
+def job_inputs(sources: Sources) -> dict[str, str]:
+    """name -> sha256 of every input file the job read (the demo inputs when none were given)."""
+    return {k: hash_file(v) for k, v in sources.files.items()}
+
+
+@dataclass
+class Job:
+    """A job ready to run: its request, inputs, plan, opened store and the windows still to render."""
+
+    request: GenerateRequest
+    farm: FarmOptions
+    output: Path
+    sources: Sources
+    plan: Plan
+    store: JobStore
+    done: set[int]
+    todo: list  # windows not in the store
+
+    def stitch(self) -> WrittenVideo:
+        return stitch(self.store.iter_windows(self.plan.windows), self.plan, self.output,
+                      audio=self.sources.mix_original, audio_sr=self.sources.mix_rate)
+
+
+def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
+    """Inputs, plan, store (created or resumed: the same job only) and what is left to do."""
+    output = checked_output(request)
+    sources = job_sources(request)
+    plan = plan_sources(request, farm, sources)
+    store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), job_settings(request),
+                                    job_inputs(sources))
+    done = store.done()
+    todo = [w for w in plan.windows if w.index not in done]
+    log.info("%s\njob store %s: %d of %d windows done, %d to render", plan.summary(), store.url,
+             len(done), len(plan.windows), len(todo))
+    return Job(request, farm, output, sources, plan, store, done, todo)
+
+
+def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:
+    """Render the job window by window into its store (``farm.backend``), then stitch the film."""
+    from .local import run_local
+    from .ray_farm import run_ray
+
+    job = prepare_job(request, farm)
+    if job.todo:
+        {"local": run_local, "ray": run_ray}[farm.backend](job)
+    return job.stitch()

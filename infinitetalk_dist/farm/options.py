@@ -1,0 +1,56 @@
+"""How a long job is cut into windows and where they render (``farm.*``; ``farm=local|ray``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infinitetalk_dist.errors import InputError
+
+__all__ = ["FarmOptions"]
+
+
+@dataclass
+class FarmOptions:
+    backend: str = "local"
+    """local (every window in this process) | ray (replicas on a Ray cluster)."""
+    store: str | None = None
+    """Job store (local path or fsspec URL); null: <output>.job next to the output."""
+    replicas: int = 1
+    """Replicas the plan balances windows over (farm=ray: replicas started)."""
+    min_s: float = 10.0
+    """Shortest window the planner aims for, seconds."""
+    max_s: float = 120.0
+    """Longest window the planner aims for, seconds."""
+    target_s: float | None = None
+    """Window length in seconds; null: from the duration and the replicas."""
+    overlap_s: float = 1.0
+    """Cross-fade at forced cuts, seconds."""
+    min_pause_s: float = 0.3
+    """Silences shorter than this are not cut points."""
+    shot_threshold: float = 27.0
+    """Shot-cut detector threshold (PySceneDetect ContentDetector; V2V)."""
+    metrics_port: int | None = None
+    """Prometheus metrics on this port (0: any free port; null: off)."""
+    max_attempts: int = 3
+    """A window failing this many times fails the job."""
+    gpus_per_replica: int = 1
+    """farm=ray: actors (ranks) per replica, one GPU each; 0: CPU-only actors."""
+    cpus_per_actor: float = 1.0
+    """farm=ray: CPUs each actor reserves."""
+    address: str | None = None
+    """farm=ray: the Ray cluster; null: the one `ray job submit` / RAY_ADDRESS names, else a new local one."""
+    placement_timeout_s: float = 600.0
+    """farm=ray: wait this long for a replica's GPUs, then fail naming what is missing."""
+
+    def __post_init__(self):
+        if self.backend not in ("local", "ray"):
+            raise InputError(f"farm.backend must be local or ray, got {self.backend!r}")
+        for name in ("replicas", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise InputError(f"farm.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_replica < 0:
+            raise InputError(f"farm.gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
+
+    def store_url(self, output: str) -> str:
+        """The job store: ``store`` or ``<output>.job`` next to the output."""
+        return str(self.store or f"{output}.job")

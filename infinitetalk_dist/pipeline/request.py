@@ -1,0 +1,201 @@
+"""What one render is asked to do: typed, validated options (the schema behind ``conf/*.yaml``).
+
+These dataclasses are plain Python: the pipeline and the farm take them as arguments, and the
+launch layer registers them as Hydra structured configs (``launch/config.py``), so every
+``key=value`` override is type-checked by OmegaConf while composing, and the value checks in
+``__post_init__`` run once, when the CLI turns the composed config into these objects. Each
+field's docstring is its documentation (``--cfg`` shows the values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from infinitetalk_dist.errors import InputError
+
+__all__ = ["DTYPES", "GenerateRequest", "InputOptions", "LoraSpec", "ModelOptions", "ParallelOptions",
+           "SamplerOptions", "torch_dtype"]
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+SIZES = ("auto", "tiny", "480", "720")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``float32``/``fp32``/``bfloat16``/``bf16`` -> the torch dtype."""
+    if name not in DTYPES:
+        raise InputError(f"dtype must be float32 or bfloat16, got {name!r}")
+    return DTYPES[name]
+
+
+@dataclass
+class LoraSpec:
+    path: str = ""
+    """A LoRA file (kohya or diffusers keys), merged into the DiT weights at load."""
+    strength: float = 1.0
+    """Scale of the LoRA delta."""
+
+
+@dataclass
+class ModelOptions:
+    preset: str = "tiny"
+    """tiny (random weights made from ``seed``, runs on a laptop CPU) | 14b (the real model)."""
+    weights: str | None = None
+    """Folder holding Wan2.1-I2V-14B-480P/, chinese-wav2vec2-base/ and InfiniteTalk/ as downloaded."""
+    variant: str = "single"
+    """InfiniteTalk adapter file: single | multi."""
+    loras: list[LoraSpec] = field(default_factory=list)
+    """LoRAs merged into the DiT at load: [{path: ..., strength: 1.0}]."""
+
+    def __post_init__(self):
+        if self.preset not in ("tiny", "14b"):
+            raise InputError(f"model.preset must be tiny or 14b, got {self.preset!r}")
+        if self.variant not in ("single", "multi"):
+            raise InputError(f"model.variant must be single or multi, got {self.variant!r}")
+
+
+@dataclass
+class SamplerOptions:
+    steps: int = 40
+    """Sampling steps per chunk (the reference's default 40)."""
+    shift: float | None = None
+    """Timestep shift; null: 7 for 480p-class sizes, 11 for 720p."""
+    text_scale: float = 5.0
+    """Text guidance scale (1 = two DiT passes per step instead of three)."""
+    audio_scale: float = 4.0
+    """Audio guidance scale."""
+    apg: bool = False
+    """Adaptive projected guidance."""
+    apg_momentum: float = -0.75
+    """APG momentum."""
+    apg_norm_threshold: float = 55.0
+    """APG norm threshold."""
+    frame_num: int = 81
+    """Frames per chunk (4n+1)."""
+    motion_frame: int = 9
+    """Decoded frames carried into the next chunk."""
+    max_frames: int | None = None
+    """Stop after this many frames; null: as long as the audio."""
+    color_correction: float = 0.0
+    """0..1: match each chunk's colours to the reference picture."""
+    teacache: bool = False
+    """Skip the DiT blocks on steps where the timestep embedding barely moves."""
+    teacache_thresh: float = 0.2
+    """TeaCache threshold (higher skips more)."""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise InputError(f"sampler.steps must be >= 1, got {self.steps}")
+        if self.frame_num % 4 != 1:
+            raise InputError(f"sampler.frame_num must be 4n+1, got {self.frame_num}")
+        if not 0 < self.motion_frame < self.frame_num:
+            raise InputError(f"sampler.motion_frame must be in (0, frame_num), got {self.motion_frame}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise InputError(f"sampler.max_frames must be >= 1 (or null), got {self.max_frames}")
+        if not 0.0 <= self.color_correction <= 1.0:
+            raise InputError(f"sampler.color_correction must be in [0, 1], got {self.color_correction}")
+
+
+@dataclass
+class InputOptions:
+    image: str | None = None
+    """Reference picture (I2V) ..."""
+    video: str | None = None
+    """... or source video (V2V: each chunk re-anchored on the source frame)."""
+    audio: str | None = None
+    """Speech track (any container/codec PyAV reads)."""
+    audio2: str | None = None
+    """Second speaker's track."""
+    audio_mode: str = "para"
+    """Two speakers: para (simultaneous) | add (one after the other)."""
+    bbox: dict[str, Any] | None = None
+    """Two speakers: {person1: [x0, y0, x1, y1], person2: [...]} on the source picture (x = rows)."""
+    prompt: str = "A person is talking."
+    """Text prompt."""
+    negative_prompt: str | None = None
+    """Negative prompt; null: Wan's default."""
+    demo_dir: str | None = None
+    """No image/video/audio given: demo inputs are generated here (default: next to the output)."""
+
+    def __post_init__(self):
+        if self.audio_mode not in ("para", "add"):
+            raise InputError(f"input.audio_mode must be para or add, got {self.audio_mode!r}")
+        if self.bbox is not None:
+            try:
+                boxes = [list(self.bbox["person1"]), list(self.bbox["person2"])]
+                if any(len(b) != 4 or not all(isinstance(v, (int, float)) for v in b) for b in boxes):
+                    raise TypeError
+            except (KeyError, TypeError):
+                raise InputError("input.bbox must be {person1: [x0, y0, x1, y1], person2: [...]}") from None
+
+    @property
+    def boxes(self) -> list[list[float]] | None:
+        """The two speakers' boxes, or None."""
+        return None if self.bbox is None else [list(self.bbox["person1"]), list(self.bbox["person2"])]
+
+
+@dataclass
+class ParallelOptions:
+    cfg: int = 1
+    """Ranks splitting the guidance branches (CFG-parallel); sp = ranks / cfg split the sequence."""
+    fsdp: bool = True
+    """FSDP2-shard the DiT over all ranks of the replica."""
+
+    def __post_init__(self):
+        if self.cfg < 1:
+            raise InputError(f"parallel.cfg must be >= 1, got {self.cfg}")
+
+
+@dataclass
+class GenerateRequest:
+    """One render: inputs, model, sampler and how this process runs it."""
+
+    device: str = "cpu"
+    """cpu | cuda | cuda:N."""
+    dtype: str = "float32"
+    """float32 | bfloat16 (DiT, T5, wav2vec2; the VAE follows vae_dtype, CLIP stays float32)."""
+    seed: int = 42
+    """Seed of all noise (and of the tiny preset's weights)."""
+    attention: str | None = None
+    """Attention kernel: null (sdpa: cuDNN on Hopper with torch >= 2.11) | sdpa | cudnn | flash2 | flash3 | sage | triton_int8 | triton_fp8."""
+    compile: Any = "auto"
+    """torch.compile the DiT blocks and the VAE: auto (on CUDA with one rank per replica) | true | false."""
+    vae_dtype: str = "float32"
+    """float32 (TF32 convs on GPUs) | bfloat16 (VAE ~1.7x faster on an H100, rel L2 2e-2)."""
+    fp8: bool = False
+    """fp8 row-scaled linears in the DiT blocks (Ada/Hopper): faster, less exact (benchmarks/RESULTS.md)."""
+    progress: bool = True
+    """Progress bars on stderr."""
+    size: str = "auto"
+    """Bucket table: auto (tiny preset: tiny, else 480) | tiny | 480 | 720."""
+    output: str = "outputs/infinitetalk.mp4"
+    """The output MP4 (written atomically)."""
+    input: InputOptions = field(default_factory=InputOptions)
+    """What to render."""
+    model: ModelOptions = field(default_factory=ModelOptions)
+    """Which weights."""
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    """How to sample."""
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)
+    """One replica over N processes (torchrun, or a farm replica of N GPUs)."""
+
+    def __post_init__(self):
+        from infinitetalk_dist.kernels import ATTENTION_BACKENDS
+
+        torch_dtype(self.dtype)
+        torch_dtype(self.vae_dtype)
+        if self.compile not in (True, False, "auto", None):
+            raise InputError(f"compile must be auto, true or false, got {self.compile!r}")
+        if self.size not in SIZES:
+            raise InputError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        if self.attention is not None and self.attention not in (*ATTENTION_BACKENDS, "auto"):
+            raise InputError(f"unknown attention backend {self.attention!r}; choose one of {ATTENTION_BACKENDS}")
+
+    @property
+    def size_table(self) -> str:
+        """The bucket table this request renders with."""
+        if self.size != "auto":
+            return self.size
+        return "tiny" if self.model.preset == "tiny" and not self.model.weights else "480"

@@ -1,0 +1,95 @@
+"""How a process takes part in rendering: its models, the DiT's branch prediction, writing.
+
+One function builds a replica's side for one process or many: :func:`replica_runtime` (used by
+``generate``, the torchrun entry and every farm worker). The DiT always comes from the one
+loader ``parallel.load_dit`` (each rank reads its own rows; one process reads them all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from infinitetalk_dist.errors import InputError
+from infinitetalk_dist.models.build import Models, load_models, random_models
+from infinitetalk_dist.models.weights import WeightsLayout
+from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, load_dit, parallelize_dit, predict_branches
+
+from .request import GenerateRequest, torch_dtype
+from .text import ByteTokenizer, HFTokenizer
+
+__all__ = ["Runtime", "build_models", "replica_runtime", "speed_up", "tokenizer"]
+
+
+@dataclass
+class Runtime:
+    """This process's part of a replica.
+
+    ``predict``: all guidance branches of a step at once (one batched forward, or CFG-parallel
+    ranks); ``writer``: whether this process writes the output (rank 0)."""
+
+    models: Models
+    predict: object
+    writer: bool = True
+
+
+def build_models(request: GenerateRequest, state: ParallelState | None = None) -> Models:
+    """The request's models for this rank of ``state`` (default: one process): the DiT
+    sharded / sequence-parallel as ``state`` says, the other models whole. The VAE runs in
+    ``vae_dtype`` (float32 by default; bfloat16 halves its time on a GPU)."""
+    device, dtype = torch.device(request.device), torch_dtype(request.dtype)
+    state = state or ParallelState.single(device)
+    fsdp = request.parallel.fsdp
+    if request.model.weights:
+        lay = WeightsLayout(Path(request.model.weights), request.model.variant)
+        lay.check()
+        loras = [(lo.path, float(lo.strength)) for lo in request.model.loras]
+        dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=device, loras=loras,
+                       attn_backend=request.attention, fsdp=fsdp)
+        models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",))
+        models.dit = dit
+    else:  # the tiny preset: the same seeded weights on every rank, then parallelised
+        models = random_models(request.model.preset, request.seed, dtype, device)
+        models.dit.set_attn_backend(request.attention)
+        parallelize_dit(models.dit, state, fsdp=fsdp)
+    vae_dtype = torch_dtype(request.vae_dtype)
+    if vae_dtype != torch.float32:
+        models.vae.to(vae_dtype)
+    return models
+
+
+def speed_up(request: GenerateRequest, models: Models, world: int = 1) -> Models:
+    """The fast paths of the request, applied in place (benchmarks/RESULTS.md has their times
+    and errors): ``fp8`` row-scaled fp8 linears in the DiT blocks (one rank per replica only),
+    then ``compile`` (``auto``: on CUDA with one rank per replica; ``true``: always) of every DiT
+    block and of the VAE's encoder and decoder."""
+    if request.fp8:
+        if world > 1:
+            raise InputError("fp8=true needs one rank per replica (FSDP shards bf16 weights)")
+        fp8_linears(models.dit)
+    comp = request.compile
+    if comp is True or (comp == "auto" and torch.device(request.device).type == "cuda" and world == 1):
+        compile_blocks(models.dit)
+        models.vae.encoder.compile()
+        models.vae.decoder.compile()
+    return models
+
+
+def tokenizer(request: GenerateRequest, models: Models):
+    """The umt5 tokenizer of the weights folder, or the tiny preset's byte tokenizer."""
+    t5 = models.preset.t5
+    if request.model.weights:
+        return HFTokenizer(WeightsLayout(Path(request.model.weights)).t5_tokenizer, t5.text_len)
+    return ByteTokenizer(t5.vocab_size, t5.text_len)
+
+
+def replica_runtime(request: GenerateRequest, state: ParallelState) -> Runtime:
+    """This rank's part of a replica of ``state.world_size`` processes (an initialised process
+    group, or :meth:`ParallelState.single`): models, fast paths, the branch prediction (one
+    batched forward per step; CFG-parallel over ``state``'s cfg ranks) and ``writer`` on rank 0."""
+    if request.sampler.teacache and state.cfg_size > 1:
+        raise InputError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
+    models = speed_up(request, build_models(request, state), state.world_size)
+    return Runtime(models, lambda branches: predict_branches(models.dit, branches, state), writer=state.rank == 0)

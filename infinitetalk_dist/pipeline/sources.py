@@ -1,0 +1,124 @@
+"""A job's inputs, read and checked before any model is built (bad input costs nothing).
+
+:class:`Sources` is what the driver of a job holds (the speakers' tracks, the audio the MP4
+carries, the frame count); :class:`Reference` is the part a renderer needs to anchor its
+chunks (the picture, or the source video with its frame index). A ``Reference`` pickles
+without its open decoder and with the index already built, so farm replicas seek straight to
+the frames they need instead of decoding the whole film again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from infinitetalk_dist.errors import InputError
+from infinitetalk_dist.media import VideoSource, load_audio, read_image
+from infinitetalk_dist.timeline import FPS, num_video_frames
+
+from .audio import SpeakerAudio, prepare_audio, prepare_speakers
+from .conditioning import image_to_tensor
+from .request import InputOptions
+
+__all__ = ["MIX_RATE", "Reference", "Sources", "resolve_sources"]
+
+log = logging.getLogger(__name__)
+
+MIX_RATE = 48000  # Hz of a two-speaker mix the MP4 carries (the un-normalised tracks, arranged)
+
+
+@dataclass
+class Reference:
+    """What each chunk is anchored on: the picture (I2V, and frame 0 of V2V) or the source
+    video's frame on screen at the chunk's start (V2V)."""
+
+    picture: Image.Image
+    video_path: str | None = None
+    video_index: Any = None  # VideoSource.index: the frame timestamps, shipped instead of rebuilt
+    _video: VideoSource | None = field(default=None, repr=False, compare=False)
+
+    def video(self) -> VideoSource | None:
+        if self.video_path is not None and self._video is None:
+            self._video = VideoSource(self.video_path, index=self.video_index)
+        return self._video
+
+    def frame(self, index: int, hw: tuple[int, int]) -> torch.Tensor:
+        """Job frame ``index`` as the model's reference image ``[3, H, W]`` in [-1, 1]."""
+        video = self.video()
+        if video is None or index == 0:
+            return image_to_tensor(self.picture, hw)
+        frame = video.frame_for_output_index(index, FPS, clamp=True)
+        return image_to_tensor(Image.fromarray(np.ascontiguousarray(frame)), hw)
+
+    def for_workers(self) -> Reference:
+        """A copy to send to other processes: the video's frame index built (once, here)."""
+        video = self.video()
+        if video is None:
+            return Reference(self.picture)
+        path = self.video_path if "://" in self.video_path else str(Path(self.video_path).resolve())
+        return Reference(self.picture, path, video.index)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_video": None}  # an open decoder does not travel
+
+
+@dataclass
+class Sources:
+    """Checked inputs of one job."""
+
+    reference: Reference
+    audio: SpeakerAudio  # loudness-normalised 16 kHz tracks (model input)
+    mix_original: np.ndarray | str  # what the MP4 carries: the original file, or the two-speaker mix at MIX_RATE
+    frames: int  # output frames = the audio's frame count at 25 fps
+    files: dict[str, str]  # input name -> the file read (demo inputs included): image/video, audio, audio2
+
+    @property
+    def picture(self) -> Image.Image:
+        return self.reference.picture
+
+    @property
+    def mix_rate(self) -> int | None:
+        """Sample rate of ``mix_original`` when it is samples (None: a file)."""
+        return None if isinstance(self.mix_original, str) else MIX_RATE
+
+
+def resolve_sources(inputs: InputOptions, output: Path, *, seed: int, allow_demo: bool) -> Sources:
+    """Read and check every input file (no model needed). With no inputs at all and
+    ``allow_demo`` (the tiny preset), demo inputs made from ``seed`` are written and used."""
+    image, video, audio, audio2 = inputs.image, inputs.video, inputs.audio, inputs.audio2
+    if image and video:
+        raise InputError("give either input.image (--image) or input.video (--video), not both")
+    if not (image or video or audio):
+        if not allow_demo:
+            raise InputError("no inputs: give --image/--video and --audio (demo inputs are for --preset tiny)")
+        from infinitetalk_dist.samples import write_demo_inputs
+
+        folder = Path(inputs.demo_dir) if inputs.demo_dir else output.parent / "demo_inputs"
+        image, audio = (str(p) for p in write_demo_inputs(folder, seed=seed))
+        log.info("no inputs given: generated demo inputs %s and %s", image, audio)
+    if not (image or video):
+        raise InputError("missing the reference picture: give --image or --video")
+    if not audio:
+        raise InputError("missing the speech track: give --audio")
+
+    if video:
+        source = VideoSource(video)
+        reference = Reference(Image.fromarray(np.ascontiguousarray(source.frame(0))), str(video), _video=source)
+    else:
+        reference = Reference(Image.fromarray(read_image(image)))
+
+    mode = inputs.audio_mode
+    speakers = prepare_audio(audio, audio2, mode)
+    if audio2:  # two speakers: the un-normalised mix, arranged like the model's tracks
+        original = prepare_speakers(load_audio(audio, MIX_RATE), load_audio(audio2, MIX_RATE), mode).mix
+    else:
+        original = str(audio)
+    named = {"image": image, "video": video, "audio": audio, "audio2": audio2}
+    files = {k: str(v) for k, v in named.items() if v}
+    return Sources(reference, speakers, original, num_video_frames(speakers.mix.shape[0]), files)

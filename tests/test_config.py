@@ -1,0 +1,77 @@
+"""The typed config: the schema behind conf/*.yaml, its checks, and the site/job search path."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from infinitetalk_dist.farm.options import FarmOptions
+from infinitetalk_dist.launch.cli import main
+from infinitetalk_dist.launch.config import Config, K8sOptions, SmokeOptions, compose, to_config
+from infinitetalk_dist.pipeline import request as R
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = [Config, R.GenerateRequest, R.InputOptions, R.ModelOptions, R.SamplerOptions, R.ParallelOptions,
+          R.LoraSpec, FarmOptions, K8sOptions, SmokeOptions]
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """name -> the string literal right under the field in the class body."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[stmt.target.id] = nxt.value.value
+    return docs
+
+
+@pytest.mark.parametrize("cls", SCHEMA, ids=lambda c: c.__name__)
+def test_every_schema_field_has_a_docstring(cls):
+    own = {f.name for f in dataclasses.fields(cls)} - {f.name for b in cls.__bases__ if dataclasses.is_dataclass(b)
+                                                       for f in dataclasses.fields(b)}
+    docs = _field_docs(cls)
+    assert own and own <= set(docs), f"{cls.__name__}: no docstring for {sorted(own - set(docs))}"
+    assert all(docs[name].strip() for name in own)
+
+
+def test_groups_compose_into_the_typed_config():
+    cfg = to_config(compose(["model=14b", "sampler=lightx2v", "farm=ray", "model.weights=/w"]))
+    assert isinstance(cfg, Config) and isinstance(cfg.sampler, R.SamplerOptions)
+    assert (cfg.model.preset, cfg.sampler.steps, cfg.sampler.text_scale, cfg.farm.backend) == ("14b", 4, 1.0, "ray")
+    assert cfg.size_table == "480" and to_config(compose([])).size_table == "tiny"
+    # The schema's defaults are the reference's: 40 steps, text 5, audio 4, 81-frame chunks.
+    s = to_config(compose([])).sampler
+    assert (s.steps, s.text_scale, s.audio_scale, s.frame_num, s.motion_frame) == (40, 5.0, 4.0, 81, 9)
+
+
+@pytest.mark.parametrize("override, rc, message", [
+    ("sampler.steps=many", 2, "sampler.steps"),          # a type error while composing
+    ("sampler.stepz=4", 2, "sampler.stepz"),             # no such key
+    ("compile=sometimes", 1, "compile must be"),         # a value check of the schema
+    ("sampler.frame_num=80", 1, "4n+1"),
+    ("dtype=float16", 1, "dtype must be"),
+    ("farm.backend=spark", 1, "farm.backend"),
+])
+def test_bad_values_are_one_error_line(override, rc, message, capsys, tmp_path):
+    assert main(["generate", "-o", str(tmp_path / "x.mp4"), override]) == rc
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_site_and_job_files_from_the_search_path(monkeypatch):
+    monkeypatch.setenv("INFINITETALK_CONF", str(REPO / "conf"))
+    cfg = to_config(compose(["+site=example_cluster", "+job=film_dub", "farm.replicas=16"]))
+    assert (cfg.model.preset, cfg.farm.backend, cfg.device, cfg.dtype) == ("14b", "ray", "cuda", "bfloat16")
+    assert cfg.sampler.steps == 4 and cfg.model.loras[0].path.endswith(".safetensors")
+    assert cfg.input.video == "/shared/in/film.mp4" and cfg.farm.replicas == 16  # the command line wins
+
+
+def test_cfg_prints_the_composed_config(capsys):
+    assert main(["generate", "--cfg", "--steps", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 8" in out and "farm:" in out and "backend: local" in out
