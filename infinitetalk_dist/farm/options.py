@@ -13,10 +13,12 @@ __all__ = ["FarmOptions"]
 class FarmOptions:
     backend: str = "local"
     """local (every window in this process) | ray (replicas on a Ray cluster)."""
-    store: str | None = None
-    """Job store (local path or fsspec URL); null: <output>.job next to the output."""
     replicas: int = 1
     """Replicas the plan balances windows over (farm=ray: replicas started)."""
+    max_attempts: int = 3
+    """A window failing this many times fails the job."""
+    store: str | None = None
+    """Job store (local path or fsspec URL); null: <output>.job next to the output."""
     min_s: float = 10.0
     """Shortest window the planner aims for, seconds."""
     max_s: float = 120.0
@@ -31,14 +33,12 @@ class FarmOptions:
     """Shot-cut detector threshold (PySceneDetect ContentDetector; V2V)."""
     metrics_port: int | None = None
     """Prometheus metrics on this port (0: any free port; null: off)."""
-    max_attempts: int = 3
-    """A window failing this many times fails the job."""
     gpus_per_replica: int = 1
     """farm=ray: actors (ranks) per replica, one GPU each; 0: CPU-only actors."""
-    cpus_per_actor: float = 1.0
-    """farm=ray: CPUs each actor reserves."""
     address: str | None = None
     """farm=ray: the Ray cluster; null: the one `ray job submit` / RAY_ADDRESS names, else a new local one."""
+    cpus_per_actor: float = 1.0
+    """farm=ray: CPUs each actor reserves."""
     placement_timeout_s: float = 600.0
     """farm=ray: wait this long for a replica's GPUs, then fail naming what is missing."""
 
