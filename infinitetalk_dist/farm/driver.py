@@ -28,8 +28,8 @@ class JobRun:
     manager: on exit the progress bar closes and the report and metrics are written, also when
     the run failed."""
 
-    def __init__(self, job, *, backend: str, replicas: int, gpus_per_replica: int = 0):
-        self.job, self.backend, self.replicas, self.gpus = job, backend, replicas, gpus_per_replica
+    def __init__(self, job, *, backend: str, replicas: int, ranks: int = 1, gpu: bool = False):
+        self.job, self.backend, self.replicas, self.ranks, self.gpu = job, backend, replicas, ranks, gpu
         self.queue = WindowQueue(job.todo, max_attempts=job.farm.max_attempts)
         self.metrics = FarmMetrics(len(job.plan.windows), done=len(job.done))
         self.attempts: list[Attempt] = []
@@ -113,7 +113,7 @@ class JobRun:
         try:
             path = write_report(job.store, job.plan, self.attempts, replicas=self.replicas, wall_s=self.now(),
                                 wave_16k=job.sources.audio.mix, backend=self.backend,
-                                gpus_per_replica=self.gpus, already_done=len(job.done), error=error)
+                                ranks=self.ranks, gpu=self.gpu, already_done=len(job.done), error=error)
             log.info("job report: %s", path)
         except Exception as e:  # the report must never hide the job's own outcome
             log.warning("could not write the job report (%s: %s)", type(e).__name__, e)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def run_local(job) -> None:
     """Render every window of ``job`` (a :class:`~.job.Job`) not yet in its store."""
     worker = ReplicaWorker(job.request, job.store.url, 0, 1, job.sources.reference)
-    with JobRun(job, backend="local", replicas=1) as run:
+    with JobRun(job, backend="local", replicas=1, gpu=job.request.device.startswith("cuda")) as run:
         worker.setup(None)
         while len(run.queue):
             w, attempt, tracks = run.take(0)

@@ -81,12 +81,8 @@ class _Farm:
     def __init__(self, job, run: JobRun):
         import ray
 
-        self.ray, self.job, self.run, f = ray, job, run, job.farm
-        self.gpus = f.gpus_per_replica
-        self.world = max(self.gpus, 1)
-        if self.world > 1 and self.world % job.request.parallel.cfg:
-            raise InputError(f"farm.gpus_per_replica={self.gpus} must be a multiple of "
-                             f"parallel.cfg={job.request.parallel.cfg}")
+        self.ray, self.job, self.run = ray, job, run
+        self.world, self.bundle = _layout(job)
         self.n = run.replicas
         self.worker = ray.remote(ReplicaWorker)
         self.tasks: dict = {}  # ObjectRef -> _Task
@@ -100,23 +96,17 @@ class _Farm:
 
     # -- replicas ---------------------------------------------------------------------------
 
-    def _bundle(self) -> dict:
-        b = {"CPU": float(self.job.farm.cpus_per_actor)}
-        if self.gpus:
-            b["GPU"] = 1.0
-        return {k: v for k, v in b.items() if v > 0} or {"CPU": 0.001}
-
     def place(self) -> None:
         from ray.util.placement_group import placement_group
 
         for r in range(self.n):
-            pg = placement_group([self._bundle()] * self.world, strategy="STRICT_PACK", name=f"itd-replica-{r}")
+            pg = placement_group([self.bundle] * self.world, strategy="STRICT_PACK", name=f"itd-replica-{r}")
             self.replicas.append(_Replica(r, pg))
         timeout = float(self.job.farm.placement_timeout_s)
         ready, _ = self.ray.wait([rep.pg.ready() for rep in self.replicas], num_returns=self.n, timeout=timeout)
         if len(ready) < self.n:
             raise FarmError(f"only {len(ready)} of {self.n} replicas could be placed within {timeout:.0f} s: each "
-                            f"needs {self.world} x {self._bundle()} on one node; the cluster has "
+                            f"needs {self.world} x {self.bundle} on one node; the cluster has "
                             f"{self.ray.cluster_resources()}")
         for rep in self.replicas:
             self.build(rep)
@@ -126,7 +116,7 @@ class _Farm:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         rep.builds += 1
-        opts = {"num_cpus": self._bundle().get("CPU", 0), "num_gpus": 1 if self.gpus else 0, "max_restarts": 0,
+        opts = {"num_cpus": self.bundle.get("CPU", 0), "num_gpus": self.bundle.get("GPU", 0), "max_restarts": 0,
                 "max_concurrency": 1}
         rep.actors = [
             self.worker.options(**opts, name=f"itd-r{rep.index}-k{k}-b{rep.builds}",
@@ -228,6 +218,36 @@ class _Farm:
                 pass
 
 
+def _layout(job) -> tuple[int, dict]:
+    """(ranks per replica, one rank's Ray bundle). A rank asks for a GPU only when the job runs
+    on CUDA: ``device=cpu`` replicas are CPU bundles whatever ``farm.gpus_per_replica`` says."""
+    f, request = job.farm, job.request
+    ranks = max(f.gpus_per_replica, 1)
+    if ranks > 1 and ranks % request.parallel.cfg:
+        raise InputError(f"farm.gpus_per_replica={ranks} must be a multiple of parallel.cfg={request.parallel.cfg}")
+    bundle = {"CPU": float(f.cpus_per_actor)}
+    if f.gpus_per_replica and request.device.startswith("cuda"):
+        bundle["GPU"] = 1.0
+    return ranks, {k: v for k, v in bundle.items() if v > 0} or {"CPU": 0.001}
+
+
+def _fitting(job, replicas: int) -> int:
+    """Replicas a cluster this command started can hold at once. It has no autoscaler, so what
+    it has now is all it will ever have: none fits -> fail at once; fewer -> run fewer."""
+    import ray
+
+    ranks, bundle = _layout(job)
+    have = ray.cluster_resources()
+    fit = min(int(have.get(k, 0.0) // (v * ranks)) for k, v in bundle.items())
+    if fit < 1:
+        raise FarmError(f"a replica needs {ranks} x {bundle} on one node; this machine's Ray instance has "
+                        f"{have} (nothing can add more: set device, farm.gpus_per_replica or farm.cpus_per_actor)")
+    if fit < replicas:
+        log.warning("this machine holds %d of the %d replicas asked for (%s each); running %d", fit, replicas,
+                    f"{ranks} x {bundle}", fit)
+    return min(fit, replicas)
+
+
 def _cause(err: Exception) -> str:
     cause = getattr(err, "cause", None)
     if cause is not None and not isinstance(cause, type(err)):
@@ -245,7 +265,10 @@ def run_ray(job) -> None:
     started = _connect(job.farm.address)
     try:
         replicas = min(job.farm.replicas, max(len(job.todo), 1))
-        with JobRun(job, backend="ray", replicas=replicas, gpus_per_replica=job.farm.gpus_per_replica) as run:
+        if started:
+            replicas = _fitting(job, replicas)
+        ranks, bundle = _layout(job)
+        with JobRun(job, backend="ray", replicas=replicas, ranks=ranks, gpu="GPU" in bundle) as run:
             farm = _Farm(job, run)
             try:
                 farm.loop()

@@ -59,7 +59,7 @@ def draw_gantt(attempts: Sequence[Attempt], replicas: int, path_png: str | os.Pa
 
 
 def write_report(store, plan: Plan, attempts: Sequence[Attempt], *, replicas: int, wall_s: float,
-                 wave_16k: np.ndarray | None, backend: str, gpus_per_replica: int = 0,
+                 wave_16k: np.ndarray | None, backend: str, ranks: int = 1, gpu: bool = False,
                  already_done: int = 0, error: str | None = None) -> str:
     """Write report.md, plan.png, gantt.png and timeline.json into ``store``; returns the
     report's path on the store."""
@@ -69,7 +69,7 @@ def write_report(store, plan: Plan, attempts: Sequence[Attempt], *, replicas: in
     lines = [
         "# infinitetalk-dist job report", "",
         f"- store: `{store.url}`",
-        f"- backend: {backend}, {replicas} replica(s) x {gpus_per_replica} GPU(s)",
+        f"- backend: {backend}, {replicas} replica(s) x {ranks} rank(s) on {'GPU' if gpu else 'CPU'}",
         f"- plan: {len(plan.windows)} windows, {plan.frames} frames ({plan.frames / plan.fps:.1f} s)",
         f"- this run: {len(done)} windows rendered ({already_done} were already in the store), "
         f"{len(attempts) - len(done)} failed or lost attempts, {wall_s:.1f} s wall, "

@@ -97,7 +97,7 @@ def test_two_replicas_equal_local_and_report(cluster, inputs, reference, tmp_pat
     assert first["window"] in (1, 2)  # longest first (#0 is the shortest)
     job = Path(f"{out}.job")
     report = (job / "report.md").read_text()
-    assert "![gantt](gantt.png)" in report and "backend: ray, 2 replica(s) x 1 GPU(s)" in report
+    assert "![gantt](gantt.png)" in report and "backend: ray, 2 replica(s) x 1 rank(s) on CPU" in report
     for name in ("plan.png", "gantt.png"):
         assert (job / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 'itd_windows{state="done"} 3.0' in (job / "metrics.prom").read_text()
@@ -194,7 +194,8 @@ def test_replica_of_two_ranks(cluster, inputs, reference, tmp_path):
 
 def test_replicas_that_cannot_be_placed_fail_with_what_is_missing(cluster, inputs, tmp_path, capsys):
     out = tmp_path / "film.mp4"
-    assert main(["run", *inputs, "farm=ray", "farm.gpus_per_replica=8", "farm.placement_timeout_s=2",
+    # device=cuda: GPU bundles (the fake GPUs of the test cluster); placement fails before any actor starts.
+    assert main(["run", *inputs, "farm=ray", "device=cuda", "farm.gpus_per_replica=8", "farm.placement_timeout_s=2",
                  "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "could be placed within 2 s" in err and "'GPU': 1.0" in err
@@ -261,6 +262,27 @@ def test_killed_driver_resumes_same_bytes(inputs, reference, tmp_path):
     rendered = [a["window"] for a in _timeline(out) if a["outcome"] == "done"]
     assert len(rendered) == 3 - done_at_kill  # at most the windows in flight (one per replica)
     assert out.read_bytes() == reference
+
+
+@pytest.mark.slow
+def test_cpu_farm_started_by_the_command(inputs, reference, tmp_path):
+    """The new user's command on a CPU-only machine: `run ... farm=ray farm.replicas=2` (Ray started
+    by the command, gpus_per_replica left at its default) asks Ray for CPU bundles only and
+    writes the farm=local film; a replica this machine can never hold fails at once."""
+    if ray.is_initialized():
+        ray.shutdown()
+    out = tmp_path / "film.mp4"
+    r = subprocess.run(_cli("run", *inputs, "farm.replicas=2", "-o", str(out)), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.read_bytes() == reference
+    assert "2 replica(s) x 1 rank(s) on CPU" in (Path(f"{out}.job") / "report.md").read_text()
+    t0 = time.perf_counter()
+    r = subprocess.run(_cli("run", *inputs, "farm.cpus_per_actor=64", "-o", str(tmp_path / "never.mp4")),
+                       capture_output=True, text=True, timeout=300)
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 1 and len(err) == 1 and "a replica needs 1 x {'CPU': 64.0}" in err[0], r.stderr[-2000:]
+    assert time.perf_counter() - t0 < 60  # not after farm.placement_timeout_s (600 s)
 
 
 @pytest.mark.slow
