@@ -75,3 +75,16 @@ def test_cfg_prints_the_composed_config(capsys):
     assert main(["generate", "--cfg", "--steps", "8"]) == 0
     out = capsys.readouterr().out
     assert "steps: 8" in out and "farm:" in out and "backend: local" in out
+
+
+def test_flags_with_lists_and_dicts_fill_the_typed_fields(tmp_path):
+    """--lora (a list of LoraSpec) and --bbox (a dict) go through the schema like key=value."""
+    from infinitetalk_dist.launch import cli
+
+    args, overrides = cli._parser().parse_known_args(
+        ["generate", "--lora", "a.safetensors:0.5", "--lora", "b.safetensors", "--bbox", *"0 0 10 10 0 10 10 20".split()])
+    args.overrides = overrides
+    typed = to_config(cli.configure(args))
+    assert [(lo.path, lo.strength) for lo in typed.model.loras] == [("a.safetensors", 0.5), ("b.safetensors", 1.0)]
+    assert isinstance(typed.model.loras[0], R.LoraSpec) and typed.input.boxes == [[0, 0, 10, 10], [0, 10, 10, 20]]
+    assert main(["generate", "--cfg", "--lora", "a.safetensors:0.5"]) == 0

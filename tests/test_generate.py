@@ -157,3 +157,16 @@ def test_weights_folder_with_missing_shard(tmp_path, capsys, demo):
     tw.write_clip(root, p.clip), tw.write_wav2vec2(root, p.wav2vec2)
     dit_shards(root / "Wan2.1-I2V-14B-480P")[3].unlink()
     _bad(tmp_path, capsys, ["--weights", str(root), "--image", str(image), "--audio", str(audio)], "00004-of-00007")
+
+
+def test_timings_report(tmp_path):
+    """timings=true: every stage of the one-window job timed, the output's GPU-s per output s."""
+    import json
+
+    out = tmp_path / "timed.mp4"
+    assert main(["generate", "-o", str(out), *FAST, "timings=true"]) == 0
+    report = json.loads(Path(f"{out}.timings.json").read_text())
+    assert {"inputs", "load", "wav2vec2", "t5", "clip", "vae_encode", "dit", "vae_decode", "mux"} <= set(report["stages"])
+    assert report["frames"] == 75 and report["output_s"] == 3.0 and report["dit_calls"] == 2  # one batched call a step
+    assert abs(sum(report["stages"].values()) - report["wall_s"]) < 0.01
+    assert report["gpu_s_per_output_s"] == round(report["wall_s"] / 3.0, 2)

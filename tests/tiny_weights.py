@@ -11,6 +11,7 @@ diffusers styles.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from safetensors.torch import save_file
 
 from infinitetalk_dist.models import weights as W
 from infinitetalk_dist.models.random_init import randomize_, seeded
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import make_weights  # noqa: E402  (the writers of the official formats, full size or tiny)
 
 N_SHARDS = 7
 
@@ -93,28 +97,9 @@ def write_clip(root: Path, cfg, seed: int = 4) -> dict[str, torch.Tensor]:
 
 
 def write_wav2vec2(root: Path, config: dict, seed: int = 5) -> dict[str, torch.Tensor]:
-    """transformers folder as on the hub: pytorch_model.bin of a *ForPreTraining checkpoint."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    cfg = Wav2Vec2Config(**config)
-    with torch.device("meta"):
-        model = Wav2Vec2Model(cfg)
-    sd = randomize_(model, seeded(seed)).state_dict()
-    hub = {}
-    for k, v in sd.items():
-        k = k.replace("parametrizations.weight.original0", "weight_g").replace(
-            "parametrizations.weight.original1", "weight_v")
-        hub[f"wav2vec2.{k}"] = v.contiguous()
-    hub["project_q.weight"] = torch.zeros(4, cfg.hidden_size)  # pre-training heads, unused
-    hub["quantizer.weight_proj.weight"] = torch.zeros(4, cfg.conv_dim[-1])
-    folder = root / W.WAV2VEC_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "architectures": ["Wav2Vec2ForPreTraining"]}))
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": 16000,
-        "padding_value": 0.0, "do_normalize": True, "return_attention_mask": False}))
-    torch.save(hub, folder / "pytorch_model.bin")
-    return dict(sd)
+    """transformers folder as on the hub: pytorch_model.bin of a *ForPreTraining checkpoint
+    (benchmarks/make_weights.py's writer, which also writes the full-size folder)."""
+    return make_weights.write_wav2vec2(root, config, seeded(seed))
 
 
 def write_lora(path: Path, sd: dict[str, torch.Tensor], style: str, rank: int = 2, seed: int = 6) -> dict:

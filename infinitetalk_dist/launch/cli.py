@@ -20,7 +20,7 @@ import logging
 import sys
 import time
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infinitetalk_dist.errors import InfiniteTalkError
 
@@ -247,6 +247,19 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
     return groups, values
 
 
+def configure(args: argparse.Namespace) -> DictConfig:
+    """The composed config of parsed arguments: group flags and ``key=value`` overrides composed,
+    then the plain flags' values set on it."""
+    groups, values = _apply_flags(args)
+    cfg = compose(groups + args.overrides)
+    with open_dict(cfg):
+        for path, value in values.items():
+            # A list (--lora's LoraSpec list) is merged so that its elements are validated and
+            # converted by the schema; a merged list replaces the old one whole.
+            OmegaConf.update(cfg, path, value, merge=isinstance(value, list))
+    return cfg
+
+
 def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
     """Parse, compose the config and run a command (``commands`` overrides the runners,
     e.g. the torchrun entry's replica-wide ``generate``)."""
@@ -259,12 +272,8 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are key=value)")
     args.overrides = overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    groups, values = _apply_flags(args)
     try:
-        cfg = compose(groups + args.overrides)
-        with open_dict(cfg):
-            for path, value in values.items():
-                OmegaConf.update(cfg, path, value, merge=False)
+        cfg = configure(args)
     except Exception as e:  # Hydra/OmegaConf override errors: one line, no traceback
         print("error: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2

@@ -22,7 +22,9 @@ from infinitetalk_dist.parallel import ParallelState
 from infinitetalk_dist.timeline import FPS
 
 from .conditioning import pick_bucket, speaker_masks
-from .loop import StepProgress, WindowInputs, WindowSettings, components_from_models, generate_window
+from .loop import (Components, StepProgress, WindowInputs, WindowSettings, chunk_starts, components_from_models,
+                   generate_window)
+from .profile import StageTimer
 from .request import GenerateRequest
 from .runtime import Runtime, replica_runtime, tokenizer
 from .sampler import guidance_branches
@@ -66,45 +68,67 @@ def generate(request: GenerateRequest, runtime: Runtime | None = None) -> Writte
     (default: the whole replica in this process). Returns what was written, or None on a
     process that does not write (``runtime.writer``)."""
     output = checked_output(request)
-    src = resolve_sources(request.input, output, seed=request.seed,
-                          allow_demo=request.model.preset == "tiny" and not request.model.weights)
-    runtime = runtime or replica_runtime(request, ParallelState.single(request.device))
-    video = render_frames(runtime.models, request, src.reference, src.audio.tracks,
-                          window_settings(request, src.frames), output_hw(request, src.reference),
-                          predict=runtime.predict, show_progress=runtime.writer)
+    timer = StageTimer(torch.device(request.device)) if request.timings else None
+    with _stage(timer, "inputs"):
+        src = resolve_sources(request.input, output, seed=request.seed,
+                              allow_demo=request.model.preset == "tiny" and not request.model.weights)
+    with _stage(timer, "load"):
+        runtime = runtime or replica_runtime(request, ParallelState.single(request.device))
+    hw, settings = output_hw(request, src.reference), window_settings(request, src.frames)
+    video = render_frames(runtime.models, request, src.reference, src.audio.tracks, settings, hw,
+                          predict=runtime.predict, show_progress=runtime.writer, timer=timer)
     if not runtime.writer:
         return None
-    return write_mp4(output, to_uint8_frames(video[:, : src.frames]), fps=FPS, audio=src.mix_original,
-                     audio_sr=src.mix_rate)
+    with _stage(timer, "mux"):
+        written = write_mp4(output, to_uint8_frames(video[:, : src.frames]), fps=FPS, audio=src.mix_original,
+                            audio_sr=src.mix_rate)
+    if timer is not None:
+        chunks = len(chunk_starts(src.frames, settings))
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        report = timer.report(frames=written.frames, fps=FPS, gpus=world, preset=runtime.models.preset.name,
+                              size=list(hw), chunks=chunks, steps=settings.steps, speakers=len(src.audio.tracks),
+                              attention=request.attention or "sdpa", compile=request.compile, fp8=request.fp8)
+        timer.write(f"{output}.timings.json", report)
+    return written
 
 
 def render_frames(models: Models, request: GenerateRequest, reference: Reference, tracks,
                   settings: WindowSettings, hw: tuple[int, int], *, start: int = 0, predict=None,
-                  progress=None, show_progress: bool = True) -> torch.Tensor:
+                  progress=None, show_progress: bool = True, timer: StageTimer | None = None) -> torch.Tensor:
     """Video ``[3, frames, H, W]`` in [-1, 1] of one window whose first frame is job frame ``start``.
 
     ``tracks``: each speaker's 16 kHz audio of this window; ``hw``: the output size;
     ``predict``: the replica's all-branches DiT call (:class:`Runtime`). TeaCache keeps one
-    residual per branch, so under it the DiT is called once per branch instead.
+    residual per branch, so under it the DiT is called once per branch instead. ``timer``:
+    times every model call by stage (``timings=true``).
     """
     device = torch.device(request.device)
     height, width = hw
     if request.sampler.teacache:
         predict = None
     with torch.inference_mode():
-        audio = [audio_features(track, models.wav2vec2, device=device) for track in tracks]
+        with _stage(timer, "wav2vec2"):
+            audio = [audio_features(track, models.wav2vec2, device=device) for track in tracks]
         prompts = PromptEncoder(models.t5, tokenizer(request, models))
         dtype = models.dit_dtype
+        with _stage(timer, "t5"):
+            context = prompts(request.input.prompt).to(dtype)
+            context_null = prompts(request.input.negative_prompt or DEFAULT_NEGATIVE_PROMPT).to(dtype)
         inputs = WindowInputs(
             reference_frame=lambda index: reference.frame(start + index, hw),
             audio=[a.to(dtype) for a in audio],
-            context=prompts(request.input.prompt).to(dtype),
-            context_null=prompts(request.input.negative_prompt or DEFAULT_NEGATIVE_PROMPT).to(dtype),
+            context=context,
+            context_null=context_null,
             ref_target_masks=speaker_masks(
                 (reference.picture.height, reference.picture.width), hw, (height // 8, width // 8),
                 speakers=len(audio), bboxes=request.input.boxes).to(device),
         )
         components = components_from_models(models.dit, models.vae, _clip_at(models, device), predict)
+        if timer is not None:
+            components = Components(dit=timer.wrap("dit", components.dit), clip=timer.wrap("clip", components.clip),
+                                    vae_encode=timer.wrap("vae_encode", components.vae_encode),
+                                    vae_decode=timer.wrap("vae_decode", components.vae_decode),
+                                    predict=timer.wrap("dit", components.predict))
         s = request.sampler
         cache = (teacache_on(models.dit, settings.steps, len(guidance_branches(settings.text_scale)),
                              s.teacache_thresh, request.size_table) if s.teacache else nullcontext())
@@ -113,6 +137,10 @@ def render_frames(models: Models, request: GenerateRequest, reference: Reference
         if tea is not None:
             log.info("TeaCache: skipped the blocks on %d of %d DiT calls", tea.skipped, tea.skipped + tea.computed)
     return video
+
+
+def _stage(timer: StageTimer | None, name: str):
+    return timer.stage(name) if timer is not None else nullcontext()
 
 
 def _clip_at(models: Models, device):

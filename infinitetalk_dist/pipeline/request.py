@@ -168,6 +168,8 @@ class GenerateRequest:
     """fp8 row-scaled linears in the DiT blocks (Ada/Hopper): faster, less exact (benchmarks/RESULTS.md)."""
     progress: bool = True
     """Progress bars on stderr."""
+    timings: bool = False
+    """Time every stage (CUDA-synchronised) and write <output>.timings.json (GPU-s per output s)."""
     size: str = "auto"
     """Bucket table: auto (tiny preset: tiny, else 480) | tiny | 480 | 720."""
     output: str = "outputs/infinitetalk.mp4"
