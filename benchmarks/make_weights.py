@@ -49,7 +49,7 @@ WAN_CONFIG = {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": 
 
 def _meta(module_cls, cfg):
     with torch.device("meta"):
-        return module_cls.from_config(cfg) if hasattr(module_cls, "from_config") else module_cls(cfg)
+        return module_cls(cfg)
 
 
 def stream(model: torch.nn.Module, generator: torch.Generator, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:

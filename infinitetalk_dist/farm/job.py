@@ -20,9 +20,9 @@ from pathlib import Path
 
 from infinitetalk_dist.errors import InputError
 from infinitetalk_dist.media import WrittenVideo
-from infinitetalk_dist.pipeline.generate import checked_output
+from infinitetalk_dist.pipeline.generate import read_sources
 from infinitetalk_dist.pipeline.request import GenerateRequest
-from infinitetalk_dist.pipeline.sources import Sources, resolve_sources
+from infinitetalk_dist.pipeline.sources import Sources
 from infinitetalk_dist.timeline import FPS
 
 from .options import FarmOptions
@@ -38,13 +38,6 @@ log = logging.getLogger(__name__)
 # so a job can be resumed elsewhere (another device, attention backend, output name, parallelism).
 _EXECUTION_KEYS = ("output", "progress", "timings", "device", "attention", "compile", "parallel")
 _INPUT_FILES = ("image", "video", "audio", "audio2", "demo_dir")
-
-
-def job_sources(request: GenerateRequest) -> Sources:
-    """The job's inputs, read and checked (demo inputs for the tiny preset when none are given)."""
-    output = checked_output(request)
-    return resolve_sources(request.input, output, seed=request.seed,
-                           allow_demo=request.model.preset == "tiny" and not request.model.weights)
 
 
 def plan_sources(request: GenerateRequest, farm: FarmOptions, sources: Sources) -> Plan:
@@ -105,8 +98,7 @@ class Job:
 
 def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     """Inputs, plan, store (created or resumed: the same job only) and what is left to do."""
-    output = checked_output(request)
-    sources = job_sources(request)
+    output, sources = read_sources(request)
     plan = plan_sources(request, farm, sources)
     store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), job_settings(request),
                                     job_inputs(sources))

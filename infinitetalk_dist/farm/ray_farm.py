@@ -78,11 +78,11 @@ def _connect(address: str | None) -> bool:
 class _Farm:
     """The driver's side on Ray: replicas, their actors, the wait loop."""
 
-    def __init__(self, job, run: JobRun):
+    def __init__(self, job, run: JobRun, ranks: int, bundle: dict):
         import ray
 
         self.ray, self.job, self.run = ray, job, run
-        self.world, self.bundle = _layout(job)
+        self.world, self.bundle = ranks, bundle
         self.n = run.replicas
         self.worker = ray.remote(ReplicaWorker)
         self.tasks: dict = {}  # ObjectRef -> _Task
@@ -231,12 +231,11 @@ def _layout(job) -> tuple[int, dict]:
     return ranks, {k: v for k, v in bundle.items() if v > 0} or {"CPU": 0.001}
 
 
-def _fitting(job, replicas: int) -> int:
+def _fitting(replicas: int, ranks: int, bundle: dict) -> int:
     """Replicas a cluster this command started can hold at once. It has no autoscaler, so what
     it has now is all it will ever have: none fits -> fail at once; fewer -> run fewer."""
     import ray
 
-    ranks, bundle = _layout(job)
     have = ray.cluster_resources()
     fit = min(int(have.get(k, 0.0) // (v * ranks)) for k, v in bundle.items())
     if fit < 1:
@@ -264,12 +263,12 @@ def run_ray(job) -> None:
         raise FarmError("farm=ray needs Ray: pip install 'infinitetalk-dist[ray]'") from e
     started = _connect(job.farm.address)
     try:
+        ranks, bundle = _layout(job)
         replicas = min(job.farm.replicas, max(len(job.todo), 1))
         if started:
-            replicas = _fitting(job, replicas)
-        ranks, bundle = _layout(job)
+            replicas = _fitting(replicas, ranks, bundle)
         with JobRun(job, backend="ray", replicas=replicas, ranks=ranks, gpu="GPU" in bundle) as run:
-            farm = _Farm(job, run)
+            farm = _Farm(job, run, ranks, bundle)
             try:
                 farm.loop()
             finally:

@@ -127,12 +127,12 @@ def plan(config: Config) -> None:
     """Print the job's window plan (JSON) and draw its timeline next to the output."""
     from pathlib import Path
 
-    from infinitetalk_dist.farm.job import job_sources, plan_sources
+    from infinitetalk_dist.farm.job import plan_sources
     from infinitetalk_dist.farm.plan import draw_plan
+    from infinitetalk_dist.pipeline.generate import read_sources
 
-    sources = job_sources(config)
+    output, sources = read_sources(config)
     job_plan = plan_sources(config, config.farm, sources)
-    output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     png = draw_plan(job_plan, sources.audio.mix, Path(f"{output}.plan.png"))
     print(job_plan.to_json(), end="")

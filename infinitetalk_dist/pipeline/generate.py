@@ -28,20 +28,23 @@ from .profile import StageTimer
 from .request import GenerateRequest
 from .runtime import Runtime, replica_runtime, tokenizer
 from .sampler import guidance_branches
-from .sources import Reference, resolve_sources
+from .sources import Reference, Sources, resolve_sources
 from .teacache import teacache_on
 from .text import DEFAULT_NEGATIVE_PROMPT, PromptEncoder
 
-__all__ = ["checked_output", "generate", "output_hw", "render_frames", "window_settings"]
+__all__ = ["generate", "output_hw", "read_sources", "render_frames", "window_settings"]
 
 log = logging.getLogger(__name__)
 
 
-def checked_output(request: GenerateRequest) -> Path:
+def read_sources(request: GenerateRequest) -> tuple[Path, Sources]:
+    """The checked output path and the request's inputs, read and checked (demo inputs for the
+    tiny preset when none are given)."""
     output = Path(request.output)
     if output.suffix.lower() != ".mp4":
         raise InputError(f"output must be an .mp4 file, got {output}")
-    return output
+    return output, resolve_sources(request.input, output, seed=request.seed,
+                                   allow_demo=request.model.preset == "tiny" and not request.model.weights)
 
 
 def output_hw(request: GenerateRequest, reference: Reference) -> tuple[int, int]:
@@ -67,11 +70,9 @@ def generate(request: GenerateRequest, runtime: Runtime | None = None) -> Writte
     """Render the request to ``request.output``. ``runtime``: this process's part of a replica
     (default: the whole replica in this process). Returns what was written, or None on a
     process that does not write (``runtime.writer``)."""
-    output = checked_output(request)
     timer = StageTimer(torch.device(request.device)) if request.timings else None
     with _stage(timer, "inputs"):
-        src = resolve_sources(request.input, output, seed=request.seed,
-                              allow_demo=request.model.preset == "tiny" and not request.model.weights)
+        output, src = read_sources(request)
     with _stage(timer, "load"):
         runtime = runtime or replica_runtime(request, ParallelState.single(request.device))
     hw, settings = output_hw(request, src.reference), window_settings(request, src.frames)

@@ -124,8 +124,7 @@ class InputOptions:
             raise InputError(f"input.audio_mode must be para or add, got {self.audio_mode!r}")
         if self.bbox is not None:
             try:
-                boxes = [list(self.bbox["person1"]), list(self.bbox["person2"])]
-                if any(len(b) != 4 or not all(isinstance(v, (int, float)) for v in b) for b in boxes):
+                if any(len(b) != 4 or not all(isinstance(v, (int, float)) for v in b) for b in self.boxes):
                     raise TypeError
             except (KeyError, TypeError):
                 raise InputError("input.bbox must be {person1: [x0, y0, x1, y1], person2: [...]}") from None
