@@ -44,8 +44,9 @@ CASES = {
 BASELINE = ["attention=flash2", "compile=false"]
 
 
-def write_inputs(folder: Path) -> dict[str, str]:
-    """The user's files: a face, a two-person picture, speech tracks, a 25 fps source video."""
+def write_inputs(folder: Path, speech_seconds: float | None = None) -> dict[str, str]:
+    """The user's files: a face, a two-person picture, speech tracks, a 25 fps source video
+    (``speech_seconds``: also ``speech``, that long)."""
     import wave
 
     from PIL import Image
@@ -68,9 +69,12 @@ def write_inputs(folder: Path) -> dict[str, str]:
 
     frames = [np.roll(face, 4 * k, axis=1) for k in range(100)]  # 4 s at 25 fps
     write_mp4(folder / "source.mp4", frames, fps=25)
-    return {"face": str(folder / "face.png"), "two": str(folder / "two.png"), "video": str(folder / "source.mp4"),
-            "speech20": wav("speech20.wav", 20.0, 3), "speech3": wav("speech3.wav", 3.2, 4),
-            "speech_a": wav("speech_a.wav", 1.6, 5), "speech_b": wav("speech_b.wav", 1.6, 6)}
+    files = {"face": str(folder / "face.png"), "two": str(folder / "two.png"), "video": str(folder / "source.mp4"),
+             "speech20": wav("speech20.wav", 20.0, 3), "speech3": wav("speech3.wav", 3.2, 4),
+             "speech_a": wav("speech_a.wav", 1.6, 5), "speech_b": wav("speech_b.wav", 1.6, 6)}
+    if speech_seconds:
+        files["speech"] = wav(f"speech{speech_seconds:g}.wav", speech_seconds, 7)
+    return files
 
 
 def run_case(key: str, extra: list[str], weights: str, files: dict, out: Path) -> dict:

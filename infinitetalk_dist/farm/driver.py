@@ -33,6 +33,9 @@ class JobRun:
         self.queue = WindowQueue(job.todo, max_attempts=job.farm.max_attempts)
         self.metrics = FarmMetrics(len(job.plan.windows), done=len(job.done))
         self.attempts: list[Attempt] = []
+        self.setups: list[dict] = []  # each replica build that came up: when, and its load time
+        self.windows: list[dict] = []  # each finished window: where, how long, its stage times
+        self.placement_s = 0.0
         self.t0 = time.perf_counter()
         self.bar = None
 
@@ -59,6 +62,17 @@ class JobRun:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
+    def placed(self) -> None:
+        """The backend has the resources for every replica (farm=ray: placement groups ready)."""
+        self.placement_s = self.now()
+
+    def replica_ready(self, replica: int, info: list[dict]) -> None:
+        """A replica's ranks finished setup (``info``: what each rank's setup returned)."""
+        load = max(i["load_s"] for i in info)
+        self.setups.append({"replica": replica, "ready_at_s": round(self.now(), 3), "load_s": round(load, 3)})
+        log.info("replica %d ready in %.1f s (%d rank(s), pids %s, %d CPU threads each)", replica, load, len(info),
+                 [i["pid"] for i in info], min(i.get("threads", 1) for i in info))
+
     def take(self, replica: int):
         """The next window for ``replica``: ``(window, attempt, its audio tracks)``."""
         w = self.queue.take()
@@ -80,6 +94,11 @@ class JobRun:
             self._close(a, "failed", str(e))
             raise
         self._close(a, "done")
+        t = result.get("timings") or {}
+        self.windows.append({"window": w.index, "replica": a.replica, "frames": result["frames"],
+                             "seconds": round(result["seconds"], 3), "stages": t.get("stages", {}),
+                             "compile_warmup_s": t.get("compile_warmup_s", 0.0), "gpu_peak_gib": t.get("gpu_peak_gib"),
+                             "card": t.get("card")})
         self.metrics.finished(result["frames"], result["seconds"], result["step_seconds"], replica=a.replica,
                               gpu_peak_bytes=result["gpu_peak_bytes"])
         log.info("window #%d done on replica %d in %.1f s", w.index, a.replica, result["seconds"])
@@ -105,6 +124,29 @@ class JobRun:
     def _close(self, a: Attempt, outcome: str, cause: str = "") -> None:
         a.end, a.outcome, a.cause = self.now(), outcome, cause
 
+    def summary(self) -> dict:
+        """Where the run's time went: placement, each replica's setup, the first finished window,
+        every window's stages, and the GPU busy share (DiT + VAE seconds over wall x replicas)."""
+        wall = self.now()
+        done = [a.end for a in self.attempts if a.outcome == "done"]
+
+        def total(*names: str) -> float:
+            return round(sum(w["stages"].get(n, 0.0) for w in self.windows for n in names), 3)
+
+        seconds = sorted(w["seconds"] for w in self.windows)
+        gpu_busy = total("dit", "vae_encode", "vae_decode")
+        return {
+            "backend": self.backend, "replicas": self.replicas, "ranks": self.ranks, "gpu": self.gpu,
+            "wall_s": round(wall, 3), "placement_s": round(self.placement_s, 3), "setups": self.setups,
+            "first_window_done_s": round(min(done), 3) if done else None,
+            "window_median_s": seconds[len(seconds) // 2] if seconds else None,
+            "dit_s": total("dit"), "vae_s": total("vae_encode", "vae_decode"),
+            "encoders_s": total("wav2vec2", "t5", "clip"),
+            "gpu_busy_share": round(gpu_busy / max(wall * self.replicas, 1e-9), 3),
+            "retries": sum(a.outcome != "done" for a in self.attempts),
+            "windows": self.windows,
+        }
+
     def _report(self, error: str | None) -> None:
         """Write the job report into the store (a failure to write it only warns)."""
         from .report import write_report
@@ -113,7 +155,8 @@ class JobRun:
         try:
             path = write_report(job.store, job.plan, self.attempts, replicas=self.replicas, wall_s=self.now(),
                                 wave_16k=job.sources.audio.mix, backend=self.backend,
-                                ranks=self.ranks, gpu=self.gpu, already_done=len(job.done), error=error)
+                                ranks=self.ranks, gpu=self.gpu, already_done=len(job.done), error=error,
+                                summary=self.summary())
             log.info("job report: %s", path)
         except Exception as e:  # the report must never hide the job's own outcome
             log.warning("could not write the job report (%s: %s)", type(e).__name__, e)

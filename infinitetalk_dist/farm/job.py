@@ -14,12 +14,15 @@ are not rendered again. The store refuses a different job (other plan, settings 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from infinitetalk_dist.errors import InputError
 from infinitetalk_dist.media import WrittenVideo
+from infinitetalk_dist.media.atomic import atomic_write
 from infinitetalk_dist.pipeline.generate import read_sources
 from infinitetalk_dist.pipeline.request import GenerateRequest
 from infinitetalk_dist.pipeline.sources import Sources
@@ -30,13 +33,14 @@ from .plan import Plan, make_plan
 from .stitch import stitch
 from .store import JobStore, hash_file
 
-__all__ = ["Job", "job_inputs", "job_settings", "plan_sources", "prepare_job", "run_job"]
+__all__ = ["Job", "farm_timings", "job_inputs", "job_settings", "plan_sources", "prepare_job", "run_job"]
 
 log = logging.getLogger(__name__)
 
 # Request fields that say how a job runs, not what it renders: left out of the stored settings
 # so a job can be resumed elsewhere (another device, attention backend, output name, parallelism).
-_EXECUTION_KEYS = ("output", "progress", "timings", "device", "attention", "compile", "parallel")
+_EXECUTION_KEYS = ("output", "progress", "timings", "device", "attention", "compile", "parallel",
+                  "encoders")
 _INPUT_FILES = ("image", "video", "audio", "audio2", "demo_dir")
 
 
@@ -110,11 +114,32 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
 
 
 def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:
-    """Render the job window by window into its store (``farm.backend``), then stitch the film."""
+    """Render the job window by window into its store (``farm.backend``), then stitch the film.
+    ``timings=true``: also ``<output>.timings.json`` (:func:`farm_timings`)."""
     from .local import run_local
     from .ray_farm import run_ray
 
+    t0 = time.perf_counter()
     job = prepare_job(request, farm)
-    if job.todo:
-        {"local": run_local, "ray": run_ray}[farm.backend](job)
-    return job.stitch()
+    prepare_s = time.perf_counter() - t0
+    run = {"local": run_local, "ray": run_ray}[farm.backend](job) if job.todo else None
+    t = time.perf_counter()
+    film = job.stitch()
+    if request.timings:
+        report = farm_timings(film, run, prepare_s=prepare_s, stitch_s=time.perf_counter() - t,
+                              wall_s=time.perf_counter() - t0)
+        with atomic_write(f"{job.output}.timings.json") as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+        log.info("timings: %s.timings.json (%.2f GPU-s per output s)", job.output, report["gpu_s_per_output_s"])
+    return film
+
+
+def farm_timings(film: WrittenVideo, run: dict | None, *, prepare_s: float, stitch_s: float, wall_s: float) -> dict:
+    """A farm job's figures: inputs + plan, the run (:meth:`~.driver.JobRun.summary`; None when
+    every window was already stored), the stitch, and GPU-seconds per output second (wall
+    time x the replicas' GPUs / seconds of film)."""
+    gpus = run["replicas"] * run["ranks"] if run else 0
+    out_s = film.frames / FPS
+    return {"output_s": round(out_s, 3), "frames": film.frames, "wall_s": round(wall_s, 3),
+            "prepare_s": round(prepare_s, 3), "stitch_s": round(stitch_s, 3), "gpus": gpus,
+            "gpu_s_per_output_s": round(wall_s * gpus / max(out_s, 1e-9), 2), "run": run}

@@ -19,11 +19,13 @@ __all__ = ["run_local"]
 log = logging.getLogger(__name__)
 
 
-def run_local(job) -> None:
-    """Render every window of ``job`` (a :class:`~.job.Job`) not yet in its store."""
+def run_local(job) -> dict:
+    """Render every window of ``job`` (a :class:`~.job.Job`) not yet in its store; returns the
+    run's :meth:`~.driver.JobRun.summary`."""
     worker = ReplicaWorker(job.request, job.store.url, 0, 1, job.sources.reference)
     with JobRun(job, backend="local", replicas=1, gpu=job.request.device.startswith("cuda")) as run:
-        worker.setup(None)
+        run.placed()
+        run.replica_ready(0, [worker.setup(None)])
         while len(run.queue):
             w, attempt, tracks = run.take(0)
             try:
@@ -35,3 +37,4 @@ def run_local(job) -> None:
                 run.failed(w, attempt, f"{type(e).__name__}: {e}")
                 continue
             run.finished(w, attempt, result)
+    return run.summary()

@@ -37,8 +37,9 @@ class FarmOptions:
     """farm=ray: actors (ranks) per replica, one GPU each; 0: CPU-only actors."""
     address: str | None = None
     """farm=ray: the Ray cluster; null: the one `ray job submit` / RAY_ADDRESS names, else a new local one."""
-    cpus_per_actor: float = 1.0
-    """farm=ray: CPUs each actor reserves."""
+    cpus_per_actor: float | None = None
+    """farm=ray: CPUs each actor reserves (Ray gives it as many CPU threads); null: a GPU actor
+    takes the cluster's CPUs per GPU (loading, the LoRA merge and encoding run on them), a CPU actor 1."""
     placement_timeout_s: float = 600.0
     """farm=ray: wait this long for a replica's GPUs, then fail naming what is missing."""
 
@@ -48,6 +49,8 @@ class FarmOptions:
         for name in ("replicas", "max_attempts"):
             if getattr(self, name) < 1:
                 raise InputError(f"farm.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise InputError(f"farm.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
         if self.gpus_per_replica < 0:
             raise InputError(f"farm.gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
 

@@ -44,7 +44,7 @@ class _Replica:
     index: int
     pg: object
     actors: list = field(default_factory=list)
-    pids: list = field(default_factory=list)
+    setup: list = field(default_factory=list)  # what each rank's setup returned
     builds: int = 0
 
 
@@ -108,6 +108,7 @@ class _Farm:
             raise FarmError(f"only {len(ready)} of {self.n} replicas could be placed within {timeout:.0f} s: each "
                             f"needs {self.world} x {self.bundle} on one node; the cluster has "
                             f"{self.ray.cluster_resources()}")
+        self.run.placed()
         for rep in self.replicas:
             self.build(rep)
 
@@ -116,6 +117,7 @@ class _Farm:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         rep.builds += 1
+        rep.setup = []
         opts = {"num_cpus": self.bundle.get("CPU", 0), "num_gpus": self.bundle.get("GPU", 0), "max_restarts": 0,
                 "max_concurrency": 1}
         rep.actors = [
@@ -172,11 +174,11 @@ class _Farm:
             if task.kind == "render" and ref == task.rank0:
                 task.result = value
             elif task.kind == "setup":
-                task.replica.pids.append(value)
+                task.replica.setup.append(value)
             if task.pending:
                 continue
             if task.kind == "setup":
-                log.info("replica %d ready (%d rank(s), pids %s)", task.replica.index, self.world, task.replica.pids)
+                self.run.replica_ready(task.replica.index, task.replica.setup)
             else:
                 try:
                     self.run.finished(task.window, task.attempt, task.result)
@@ -218,17 +220,21 @@ class _Farm:
                 pass
 
 
-def _layout(job) -> tuple[int, dict]:
-    """(ranks per replica, one rank's Ray bundle). A rank asks for a GPU only when the job runs
-    on CUDA: ``device=cpu`` replicas are CPU bundles whatever ``farm.gpus_per_replica`` says."""
+def _layout(job, have: dict) -> tuple[int, dict]:
+    """(ranks per replica, one rank's Ray bundle) on a cluster with resources ``have``. A rank
+    asks for a GPU only when the job runs on CUDA (``device=cpu`` replicas are CPU bundles
+    whatever ``farm.gpus_per_replica`` says). Ray runs an actor with as many CPU threads as it
+    reserved CPUs (OMP_NUM_THREADS), so a GPU rank reserves its share of the CPUs by default:
+    with 1 it loads the 14B weights ~4x slower (345 s instead of 82 s on an H200 node)."""
     f, request = job.farm, job.request
     ranks = max(f.gpus_per_replica, 1)
     if ranks > 1 and ranks % request.parallel.cfg:
         raise InputError(f"farm.gpus_per_replica={ranks} must be a multiple of parallel.cfg={request.parallel.cfg}")
-    bundle = {"CPU": float(f.cpus_per_actor)}
-    if f.gpus_per_replica and request.device.startswith("cuda"):
-        bundle["GPU"] = 1.0
-    return ranks, {k: v for k, v in bundle.items() if v > 0} or {"CPU": 0.001}
+    gpu = bool(f.gpus_per_replica) and request.device.startswith("cuda")
+    cpus = f.cpus_per_actor
+    if cpus is None:
+        cpus = max(1.0, float(int(have.get("CPU", 1.0) // have["GPU"]))) if gpu and have.get("GPU") else 1.0
+    return ranks, {"CPU": float(cpus), **({"GPU": 1.0} if gpu else {})}
 
 
 def _fitting(replicas: int, ranks: int, bundle: dict) -> int:
@@ -255,15 +261,16 @@ def _cause(err: Exception) -> str:
     return f"{type(err).__name__}: {text[-1] if text else ''}"
 
 
-def run_ray(job) -> None:
-    """Render every window of ``job`` (a :class:`~.job.Job`) not yet stored on a Ray cluster."""
+def run_ray(job) -> dict:
+    """Render every window of ``job`` (a :class:`~.job.Job`) not yet stored on a Ray cluster;
+    returns the run's :meth:`~.driver.JobRun.summary`."""
     try:
         import ray
     except ImportError as e:
         raise FarmError("farm=ray needs Ray: pip install 'infinitetalk-dist[ray]'") from e
     started = _connect(job.farm.address)
     try:
-        ranks, bundle = _layout(job)
+        ranks, bundle = _layout(job, ray.cluster_resources())
         replicas = min(job.farm.replicas, max(len(job.todo), 1))
         if started:
             replicas = _fitting(replicas, ranks, bundle)
@@ -273,6 +280,7 @@ def run_ray(job) -> None:
                 farm.loop()
             finally:
                 farm.shutdown()
+        return run.summary()
     finally:
         if started:
             ray.shutdown()

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from infinitetalk_dist.media import WrittenVideo, to_uint8_frames, write_mp4
-from infinitetalk_dist.models.build import Models
 from infinitetalk_dist.pipeline.generate import render_frames, window_settings
+from infinitetalk_dist.pipeline.profile import StageTimer, maybe_stage
 from infinitetalk_dist.pipeline.request import GenerateRequest
+from infinitetalk_dist.pipeline.runtime import Runtime
 from infinitetalk_dist.pipeline.sources import Reference
 from infinitetalk_dist.timeline import FPS, SAMPLES_PER_FRAME
 
@@ -45,14 +46,14 @@ def window_tracks(tracks, start: int, end: int) -> list[np.ndarray]:
     return out
 
 
-def render_window(request: GenerateRequest, models: Models, reference: Reference, hw: tuple[int, int],
-                  window: Any, tracks, out_mp4_path: str | os.PathLike | None, *, predict, progress=None,
-                  crf: int = WINDOW_CRF) -> WrittenVideo | None:
+def render_window(request: GenerateRequest, runtime: Runtime, reference: Reference, hw: tuple[int, int],
+                  window: Any, tracks, out_mp4_path: str | os.PathLike | None, *, progress=None,
+                  timer: StageTimer | None = None, crf: int = WINDOW_CRF) -> WrittenVideo | None:
     """Render frames ``[window.start, window.end)`` of the job to ``out_mp4_path`` (H.264, no
     audio, ``crf``), written atomically. ``window``: a :class:`~.plan.Window` (anything with
     ``index``, ``start``, ``end``, ``seed``); ``tracks``: its audio (:func:`window_tracks`);
-    ``hw``: the output size; ``predict``: the replica's branch prediction; ``progress``: called
-    after every sampling step. Ranks other than the writer pass ``out_mp4_path=None`` and get None.
+    ``hw``: the output size; ``runtime``: the replica's models, branch prediction and prompt
+    cache; ``progress``: called after every sampling step; ``timer``: times the model calls. Ranks other than the writer pass ``out_mp4_path=None`` and get None.
 
     Deterministic: the same window of the same job gives the same bytes.
     """
@@ -64,11 +65,12 @@ def render_window(request: GenerateRequest, models: Models, reference: Reference
     # film's limit, applied by the plan, not by each window).
     settings = window_settings(request, frames, seed=int(window.seed))
     settings.max_frames_num = frames
-    video = render_frames(models, request, reference, tracks, settings, hw, start=start, progress=progress,
-                          predict=predict, show_progress=False)
+    video = render_frames(runtime.models, request, reference, tracks, settings, hw, start=start, progress=progress,
+                          predict=runtime.predict, show_progress=False, timer=timer, prompts=runtime.prompts)
     if out_mp4_path is None:
         return None
     if video.shape[1] < frames:
         raise ValueError(f"window {window.index}: the generator made {video.shape[1]} frames, need {frames}")
     Path(out_mp4_path).parent.mkdir(parents=True, exist_ok=True)
-    return write_mp4(out_mp4_path, to_uint8_frames(video[:, :frames]), fps=FPS, crf=crf)
+    with maybe_stage(timer, "encode"):
+        return write_mp4(out_mp4_path, to_uint8_frames(video[:, :frames]), fps=FPS, crf=crf)

@@ -49,9 +49,9 @@ class ReplicaWorker:
             port = s.getsockname()[1]
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
-    def setup(self, init_method: str | None) -> int:
-        """Join the replica's process group and build (or load) the models.
-        Returns this process's PID (the driver logs it; fault tests kill it)."""
+    def setup(self, init_method: str | None) -> dict:
+        """Join the replica's process group and build (or load) the models. Returns this
+        process's ``pid`` (the driver logs it; fault tests kill it), ``load_s`` and its CPU ``threads``."""
         import torch
         import torch.distributed as dist
 
@@ -59,6 +59,7 @@ class ReplicaWorker:
         from infinitetalk_dist.pipeline.generate import output_hw
         from infinitetalk_dist.pipeline.runtime import replica_runtime
 
+        t0 = time.perf_counter()
         device = torch.device(self.request.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -72,13 +73,17 @@ class ReplicaWorker:
             state = ParallelState.single(device)
         self.runtime = replica_runtime(self.request, state)
         self.hw = output_hw(self.request, self.reference)
-        return os.getpid()
+        return {"pid": os.getpid(), "load_s": time.perf_counter() - t0, "threads": torch.get_num_threads()}
 
     def render(self, window: dict, tracks) -> dict | None:
         """Render one window (a :class:`~.plan.Window` as a dict) from its audio ``tracks``.
         Rank 0 uploads the MP4 to the store and returns ``{"sha256", "size", "frames",
-        "seconds", "step_seconds", "gpu_peak_bytes"}``; the other ranks return None."""
+        "seconds", "step_seconds", "gpu_peak_bytes", "timings"}`` (``timings``: the stage
+        report, :class:`~infinitetalk_dist.pipeline.profile.StageTimer`); the other ranks return None."""
         import torch
+
+        from infinitetalk_dist.pipeline.profile import StageTimer
+        from infinitetalk_dist.timeline import FPS
 
         from . import render
         from .plan import Window
@@ -86,8 +91,7 @@ class ReplicaWorker:
 
         w = Window(**window)
         device = torch.device(self.request.device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        timer = StageTimer(device)  # also resets the peak memory counter
         steps: list[float] = []
         last = [time.perf_counter()]
 
@@ -100,14 +104,16 @@ class ReplicaWorker:
         scratch = tempfile.mkdtemp(prefix="itd-window-") if self.runtime.writer else None
         try:
             local = os.path.join(scratch, f"{w.index:05d}.mp4") if scratch else None
-            render.render_window(self.request, self.runtime.models, self.reference, self.hw, w, tracks, local,
-                                 predict=self.runtime.predict, progress=on_step)
+            render.render_window(self.request, self.runtime, self.reference, self.hw, w, tracks, local,
+                                 progress=on_step, timer=timer)
             if local is None:
                 return None
-            digest, size = JobStore(self.store_url).upload_window(w.index, local)
+            with timer.stage("upload"):
+                digest, size = JobStore(self.store_url).upload_window(w.index, local)
         finally:
             if scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
         return {"sha256": digest, "size": size, "frames": w.frames, "seconds": time.perf_counter() - t0,
                 "step_seconds": steps,
-                "gpu_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0}
+                "gpu_peak_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0,
+                "timings": timer.report(frames=w.frames, fps=FPS, gpus=self.world)}

@@ -60,7 +60,7 @@ def draw_gantt(attempts: Sequence[Attempt], replicas: int, path_png: str | os.Pa
 
 def write_report(store, plan: Plan, attempts: Sequence[Attempt], *, replicas: int, wall_s: float,
                  wave_16k: np.ndarray | None, backend: str, ranks: int = 1, gpu: bool = False,
-                 already_done: int = 0, error: str | None = None) -> str:
+                 already_done: int = 0, error: str | None = None, summary: dict | None = None) -> str:
     """Write report.md, plan.png, gantt.png and timeline.json into ``store``; returns the
     report's path on the store."""
     done = [a for a in attempts if a.outcome == "done"]
@@ -76,6 +76,11 @@ def write_report(store, plan: Plan, attempts: Sequence[Attempt], *, replicas: in
         f"{frames / max(wall_s, 1e-9):.2f} frames/s",
         f"- replica busy share: {busy / max(wall_s * replicas, 1e-9):.0%}",
     ]
+    if summary and summary.get("windows"):
+        lines.append(f"- first window done after {summary['first_window_done_s']:.1f} s (placement "
+                     f"{summary['placement_s']:.1f} s, setup {max(s['load_s'] for s in summary['setups']):.1f} s); "
+                     f"{summary['window_median_s']:.1f} s per window (median); DiT + VAE busy "
+                     f"{summary['gpu_busy_share']:.0%} of the wall time")
     if error:
         lines.append(f"- **failed**: {error}")
     lines += ["", "## Plan", "", "![plan](plan.png)", "", "## Replicas", "", "![gantt](gantt.png)", "",

@@ -22,9 +22,10 @@ from infinitetalk_dist.parallel import ParallelState
 from infinitetalk_dist.timeline import FPS
 
 from .conditioning import pick_bucket, speaker_masks
+from .encoders import placed
 from .loop import (Components, StepProgress, WindowInputs, WindowSettings, chunk_starts, components_from_models,
                    generate_window)
-from .profile import StageTimer
+from .profile import StageTimer, maybe_stage
 from .request import GenerateRequest
 from .runtime import Runtime, replica_runtime, tokenizer
 from .sampler import guidance_branches
@@ -71,16 +72,17 @@ def generate(request: GenerateRequest, runtime: Runtime | None = None) -> Writte
     (default: the whole replica in this process). Returns what was written, or None on a
     process that does not write (``runtime.writer``)."""
     timer = StageTimer(torch.device(request.device)) if request.timings else None
-    with _stage(timer, "inputs"):
+    with maybe_stage(timer, "inputs"):
         output, src = read_sources(request)
-    with _stage(timer, "load"):
+    with maybe_stage(timer, "load"):
         runtime = runtime or replica_runtime(request, ParallelState.single(request.device))
     hw, settings = output_hw(request, src.reference), window_settings(request, src.frames)
     video = render_frames(runtime.models, request, src.reference, src.audio.tracks, settings, hw,
-                          predict=runtime.predict, show_progress=runtime.writer, timer=timer)
+                          predict=runtime.predict, show_progress=runtime.writer, timer=timer,
+                          prompts=runtime.prompts)
     if not runtime.writer:
         return None
-    with _stage(timer, "mux"):
+    with maybe_stage(timer, "mux"):
         written = write_mp4(output, to_uint8_frames(video[:, : src.frames]), fps=FPS, audio=src.mix_original,
                             audio_sr=src.mix_rate)
     if timer is not None:
@@ -88,31 +90,35 @@ def generate(request: GenerateRequest, runtime: Runtime | None = None) -> Writte
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         report = timer.report(frames=written.frames, fps=FPS, gpus=world, preset=runtime.models.preset.name,
                               size=list(hw), chunks=chunks, steps=settings.steps, speakers=len(src.audio.tracks),
-                              attention=request.attention or "sdpa", compile=request.compile, fp8=request.fp8)
+                              attention=request.attention or "sdpa", compile=request.compile, fp8=request.fp8,
+                              encoders=request.encoders)
         timer.write(f"{output}.timings.json", report)
     return written
 
 
 def render_frames(models: Models, request: GenerateRequest, reference: Reference, tracks,
                   settings: WindowSettings, hw: tuple[int, int], *, start: int = 0, predict=None,
-                  progress=None, show_progress: bool = True, timer: StageTimer | None = None) -> torch.Tensor:
+                  progress=None, show_progress: bool = True, timer: StageTimer | None = None,
+                  prompts: PromptEncoder | None = None) -> torch.Tensor:
     """Video ``[3, frames, H, W]`` in [-1, 1] of one window whose first frame is job frame ``start``.
 
     ``tracks``: each speaker's 16 kHz audio of this window; ``hw``: the output size;
     ``predict``: the replica's all-branches DiT call (:class:`Runtime`). TeaCache keeps one
     residual per branch, so under it the DiT is called once per branch instead. ``timer``:
-    times every model call by stage (``timings=true``).
+    times every model call by stage (``timings=true``); ``prompts``: the replica's prompt
+    cache (:class:`Runtime`; default: one for this call).
     """
     device = torch.device(request.device)
     height, width = hw
     if request.sampler.teacache:
         predict = None
     with torch.inference_mode():
-        with _stage(timer, "wav2vec2"):
+        with maybe_stage(timer, "wav2vec2"):
             audio = [audio_features(track, models.wav2vec2, device=device) for track in tracks]
-        prompts = PromptEncoder(models.t5, tokenizer(request, models))
+        prompts = prompts or PromptEncoder(models.t5, tokenizer(request, models), device=device,
+                                           mode=request.encoders)
         dtype = models.dit_dtype
-        with _stage(timer, "t5"):
+        with maybe_stage(timer, "t5"):
             context = prompts(request.input.prompt).to(dtype)
             context_null = prompts(request.input.negative_prompt or DEFAULT_NEGATIVE_PROMPT).to(dtype)
         inputs = WindowInputs(
@@ -124,7 +130,8 @@ def render_frames(models: Models, request: GenerateRequest, reference: Reference
                 (reference.picture.height, reference.picture.width), hw, (height // 8, width // 8),
                 speakers=len(audio), bboxes=request.input.boxes).to(device),
         )
-        components = components_from_models(models.dit, models.vae, _clip_at(models, device), predict)
+        components = components_from_models(models.dit, models.vae, _clip_at(models, device, request.encoders),
+                                            predict)
         if timer is not None:
             components = Components(dit=timer.wrap("dit", components.dit), clip=timer.wrap("clip", components.clip),
                                     vae_encode=timer.wrap("vae_encode", components.vae_encode),
@@ -140,13 +147,14 @@ def render_frames(models: Models, request: GenerateRequest, reference: Reference
     return video
 
 
-def _stage(timer: StageTimer | None, name: str):
-    return timer.stage(name) if timer is not None else nullcontext()
-
-
-def _clip_at(models: Models, device):
+def _clip_at(models: Models, device, mode: str):
     clip_dtype = next(models.clip.parameters()).dtype
-    return lambda image: models.clip(image.to(device, clip_dtype))
+
+    def encode(image):
+        with placed(models.clip, device, mode) as run:
+            return models.clip(image.to(run, clip_dtype)).to(device)
+
+    return encode
 
 
 class _progress_bar:

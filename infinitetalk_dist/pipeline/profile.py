@@ -14,16 +14,21 @@ import resource
 import statistics
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from infinitetalk_dist.media.atomic import atomic_write
 
-__all__ = ["StageTimer"]
+__all__ = ["StageTimer", "maybe_stage"]
 
 log = logging.getLogger(__name__)
+
+
+def maybe_stage(timer: StageTimer | None, name: str):
+    """``timer.stage(name)``, or nothing when there is no timer."""
+    return timer.stage(name) if timer is not None else nullcontext()
 
 
 class StageTimer:

@@ -16,6 +16,8 @@ import torch
 
 from infinitetalk_dist.errors import InputError
 
+from .encoders import ENCODER_MODES
+
 __all__ = ["DTYPES", "GenerateRequest", "InputOptions", "LoraSpec", "ModelOptions", "ParallelOptions",
            "SamplerOptions", "torch_dtype"]
 
@@ -163,6 +165,8 @@ class GenerateRequest:
     """torch.compile the DiT blocks and the VAE: auto (on CUDA with one rank per replica) | true | false."""
     vae_dtype: str = "float32"
     """float32 (TF32 convs on GPUs) | bfloat16 (VAE ~1.7x faster on an H100, rel L2 2e-2)."""
+    encoders: str = "offload"
+    """T5 and CLIP between their calls: offload (host memory, on the GPU per call) | gpu (resident) | cpu (run there)."""
     fp8: bool = False
     """fp8 row-scaled linears in the DiT blocks (Ada/Hopper): faster, less exact (benchmarks/RESULTS.md)."""
     progress: bool = True
@@ -189,6 +193,8 @@ class GenerateRequest:
         torch_dtype(self.vae_dtype)
         if self.compile not in (True, False, "auto", None):
             raise InputError(f"compile must be auto, true or false, got {self.compile!r}")
+        if self.encoders not in ENCODER_MODES:
+            raise InputError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
         if self.size not in SIZES:
             raise InputError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if self.attention is not None and self.attention not in (*ATTENTION_BACKENDS, "auto"):

@@ -17,8 +17,9 @@ from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.weights import WeightsLayout
 from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, load_dit, parallelize_dit, predict_branches
 
+from .encoders import host_resident, pin_
 from .request import GenerateRequest, torch_dtype
-from .text import ByteTokenizer, HFTokenizer
+from .text import ByteTokenizer, HFTokenizer, PromptEncoder
 
 __all__ = ["Runtime", "build_models", "replica_runtime", "speed_up", "tokenizer"]
 
@@ -28,11 +29,13 @@ class Runtime:
     """This process's part of a replica.
 
     ``predict``: all guidance branches of a step at once (one batched forward, or CFG-parallel
-    ranks); ``writer``: whether this process writes the output (rank 0)."""
+    ranks); ``writer``: whether this process writes the output (rank 0); ``prompts``: the
+    replica's prompt embeddings, each prompt encoded once for every window it renders."""
 
     models: Models
     predict: object
     writer: bool = True
+    prompts: PromptEncoder | None = None
 
 
 def build_models(request: GenerateRequest, state: ParallelState | None = None) -> Models:
@@ -42,18 +45,24 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
     device, dtype = torch.device(request.device), torch_dtype(request.dtype)
     state = state or ParallelState.single(device)
     fsdp = request.parallel.fsdp
+    host = host_resident(request.encoders, device)  # T5 and CLIP kept in host memory (pipeline/encoders.py)
     if request.model.weights:
         lay = WeightsLayout(Path(request.model.weights), request.model.variant)
         lay.check()
         loras = [(lo.path, float(lo.strength)) for lo in request.model.loras]
         dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=device, loras=loras,
                        attn_backend=request.attention, fsdp=fsdp)
-        models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",))
+        models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",),
+                             host=("t5", "clip") if host else ())
         models.dit = dit
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
         models = random_models(request.model.preset, request.seed, dtype, device)
         models.dit.set_attn_backend(request.attention)
         parallelize_dit(models.dit, state, fsdp=fsdp)
+        if host:
+            models.t5.cpu(), models.clip.cpu()
+    if host and request.encoders == "offload":
+        pin_(models.t5), pin_(models.clip)
     vae_dtype = torch_dtype(request.vae_dtype)
     if vae_dtype != torch.float32:
         models.vae.to(vae_dtype)
@@ -92,4 +101,6 @@ def replica_runtime(request: GenerateRequest, state: ParallelState) -> Runtime:
     if request.sampler.teacache and state.cfg_size > 1:
         raise InputError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
     models = speed_up(request, build_models(request, state), state.world_size)
-    return Runtime(models, lambda branches: predict_branches(models.dit, branches, state), writer=state.rank == 0)
+    prompts = PromptEncoder(models.t5, tokenizer(request, models), device=request.device, mode=request.encoders)
+    return Runtime(models, lambda branches: predict_branches(models.dit, branches, state), writer=state.rank == 0,
+                   prompts=prompts)

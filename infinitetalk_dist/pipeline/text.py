@@ -16,6 +16,8 @@ import torch
 
 from infinitetalk_dist.models.t5 import UMT5Encoder
 
+from .encoders import placed
+
 # Wan's default negative prompt (wan/configs/shared_config.py sample_neg_prompt).
 DEFAULT_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -61,10 +63,13 @@ class HFTokenizer:
 
 
 class PromptEncoder:
-    """Encodes prompts with the umt5 encoder; each distinct prompt is encoded once."""
+    """Encodes prompts with the umt5 encoder; each distinct prompt is encoded once, its
+    embedding kept on ``device`` (the encoder placed by ``mode``: :mod:`.encoders`)."""
 
-    def __init__(self, encoder: UMT5Encoder, tokenizer):
-        self.encoder, self.tokenizer = encoder, tokenizer
+    def __init__(self, encoder: UMT5Encoder, tokenizer, *, device: str | torch.device | None = None,
+                 mode: str = "gpu"):
+        self.encoder, self.tokenizer, self.mode = encoder, tokenizer, mode
+        self.device = torch.device(device) if device is not None else next(encoder.parameters()).device
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -72,6 +77,6 @@ class PromptEncoder:
         """``[tokens, dim]`` embedding of ``prompt`` (trimmed to its true length)."""
         if prompt not in self._cache:
             ids, mask = self.tokenizer([prompt])
-            device = next(self.encoder.parameters()).device
-            self._cache[prompt] = self.encoder.encode(ids.to(device), mask.to(device))[0]
+            with placed(self.encoder, self.device, self.mode) as run:
+                self._cache[prompt] = self.encoder.encode(ids.to(run), mask.to(run))[0].to(self.device)
         return self._cache[prompt]

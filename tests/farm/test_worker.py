@@ -89,3 +89,19 @@ def test_local_backend_retries_a_failing_window(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "failed 2 time(s)" in err[0] and "always fails" in err[0], err
     assert not failed.exists()
+
+
+def test_gpu_actors_reserve_their_share_of_the_cpus():
+    """Ray gives an actor as many CPU threads as CPUs it reserved: a GPU rank takes the
+    cluster's CPUs per GPU unless farm.cpus_per_actor says otherwise; CPU ranks take 1."""
+    from types import SimpleNamespace
+
+    from infinitetalk_dist.farm.ray_farm import _layout
+
+    cuda, cpu = GenerateRequest(device="cuda"), GenerateRequest(device="cpu")
+    node = {"CPU": 128.0, "GPU": 8.0}
+    assert _layout(SimpleNamespace(farm=FarmOptions(), request=cuda), node) == (1, {"CPU": 16.0, "GPU": 1.0})
+    assert _layout(SimpleNamespace(farm=FarmOptions(gpus_per_replica=2, cpus_per_actor=4), request=cuda),
+                   node) == (2, {"CPU": 4.0, "GPU": 1.0})
+    assert _layout(SimpleNamespace(farm=FarmOptions(), request=cpu), node) == (1, {"CPU": 1.0})
+    assert _layout(SimpleNamespace(farm=FarmOptions(), request=cuda), {"CPU": 2.0}) == (1, {"CPU": 1.0, "GPU": 1.0})
