@@ -61,7 +61,7 @@ class ReplicaWorker:
 
         t0 = time.perf_counter()
         device = torch.device(self.request.device)
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:  # plain "cuda" (farm=local): the current one
             torch.cuda.set_device(device)
         if self.world > 1:
             backend = "nccl" if device.type == "cuda" else "gloo"
