@@ -23,25 +23,15 @@ def shot_cuts(
     min_scene_s: float = 0.5,
     backend: str = "pyav",
 ) -> list[int]:
-    """Output-frame indices (``fps_out`` timeline) where a hard cut starts a new shot.
+    """Output-frame indices (``fps_out`` timeline) where a hard cut starts a new shot: the cuts
+    of :func:`~infinitetalk_dist.media.shots.shot_cut_times` mapped to the nearest output frame
+    (cuts at frame 0 or duplicates after rounding are dropped; sorted)."""
+    from infinitetalk_dist.media.shots import shot_cut_times
 
-    PySceneDetect's ContentDetector (HSV-difference ``threshold``, its default 27) on the source
-    video, at the source frame rate; each cut's time is mapped to the nearest output frame. Cuts
-    at frame 0 or duplicates after rounding are dropped; the result is sorted.
-    """
-    from scenedetect import ContentDetector, SceneManager, open_video
-
-    if not os.path.isfile(video_path):
-        raise ValueError(f"shot_cuts: no such video file: {os.fspath(video_path)!r}")
     if fps_out <= 0:
         raise ValueError(f"shot_cuts: fps_out must be > 0, got {fps_out}")
-    video = open_video(os.fspath(video_path), backend=backend)
-    min_len = max(1, int(round(min_scene_s * float(video.frame_rate))))
-    manager = SceneManager()
-    manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=min_len))
-    manager.detect_scenes(video=video)
-    cuts = {int(round(_seconds(tc) * fps_out)) for tc in manager.get_cut_list(show_warning=False)}
-    return sorted(c for c in cuts if c > 0)
+    times = shot_cut_times(video_path, threshold, min_scene_s=min_scene_s, backend=backend)
+    return sorted(c for c in {int(round(t * fps_out)) for t in times} if c > 0)
 
 
 _MODEL = None
@@ -90,9 +80,3 @@ def speech_pauses(
             pauses.append((round(prev / SAMPLE_RATE, 3), round(s / SAMPLE_RATE, 3)))
         prev = max(prev, e)
     return pauses
-
-
-def _seconds(timecode) -> float:
-    """A PySceneDetect FrameTimecode in seconds (``.seconds`` from 0.7, ``get_seconds()`` before)."""
-    seconds = getattr(timecode, "seconds", None)
-    return float(seconds) if seconds is not None else float(timecode.get_seconds())

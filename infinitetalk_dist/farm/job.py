@@ -102,6 +102,9 @@ class Job:
 
 def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     """Inputs, plan, store (created or resumed: the same job only) and what is left to do."""
+    if request.conform.enabled:
+        raise InputError("conform mode renders through `generate` for now: the farm cannot split it into "
+                         "windows yet (use generate --conform, or leave out --conform)")
     output, sources = read_sources(request)
     plan = plan_sources(request, farm, sources)
     store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), job_settings(request),

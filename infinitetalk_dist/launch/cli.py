@@ -50,6 +50,10 @@ GENERATE_FLAGS = {
     "--color-correction": ("sampler.color_correction", float, "0..1 colour matching to the reference"),
     "--teacache-thresh": ("sampler.teacache_thresh", float, "TeaCache threshold (higher skips more)"),
     "--attention": ("attention", str, "sdpa, cudnn, flash3 or sage"),
+    "--face-boxes": ("input.face_boxes", str, "conform: JSON list of {start_s, box} per shot"),
+    "--mix": ("conform.mix", str, "conform: the final mix the output carries (layout and rate kept)"),
+    "--codec": ("conform.codec", str, "conform: h264, hevc, prores (.mov) or ffv1 (.mkv)"),
+    "--crf": ("conform.crf", int, "conform: h264/hevc quality"),
 }
 
 
@@ -117,7 +121,7 @@ def _wrote(info, t0: float, suffix: str = "") -> None:
 
 
 def generate(config: Config) -> None:
-    from infinitetalk_dist.pipeline.generate import generate as run
+    from infinitetalk_dist.pipeline.conform.run import generate_or_conform as run
 
     t0 = time.perf_counter()
     _wrote(run(config), t0)
@@ -210,7 +214,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--teacache", action="store_true", help="TeaCache: skip DiT blocks on similar steps")
             p.add_argument("--bbox", nargs=8, type=float, metavar="N",
                            help="two speakers: x0 y0 x1 y1 of person 1 then of person 2 (x = rows)")
-            p.add_argument("-o", dest="--output", metavar="OUT", help="output MP4 (same as --output)")
+            p.add_argument("--conform", action="store_true",
+                           help="V2V: re-render only the speaker's face at the source's size, rate and audio")
+            p.add_argument("--face-box", nargs=4, type=float, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
+                           help="conform: the speaker's box in source pixels [input.face_box]")
+            p.add_argument("--keep-tracks", action="store_true", help="conform: also carry the source's audio tracks")
+            p.add_argument("-o", dest="--output", metavar="OUT", help="output file (same as --output)")
             p.add_argument("--no-progress", action="store_true", help="no progress bar")
             for flag, (path, type_, help_) in GENERATE_FLAGS.items():
                 p.add_argument(flag, dest=flag, type=type_, metavar=path.split(".")[-1].upper(),
@@ -244,6 +253,12 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
         values["input.bbox"] = {"person1": b[:4], "person2": b[4:]}
     if flags.get("no_progress"):
         values["progress"] = False
+    if flags.get("conform"):
+        values["conform.enabled"] = True
+    if flags.get("face_box"):
+        values["input.face_box"] = list(flags["face_box"])
+    if flags.get("keep_tracks"):
+        values["conform.keep_tracks"] = True
     return groups, values
 
 

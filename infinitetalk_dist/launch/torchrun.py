@@ -27,7 +27,7 @@ log = logging.getLogger("infinitetalk_dist.launch")
 
 
 def generate(config: Config) -> None:
-    from infinitetalk_dist.pipeline.generate import generate as run
+    from infinitetalk_dist.pipeline.conform.run import generate_or_conform as run
 
     device = init_distributed()
     rank = dist.get_rank()

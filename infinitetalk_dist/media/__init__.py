@@ -9,6 +9,9 @@ Arrays are numpy ``uint8 [H, W, 3]`` RGB; "size" tuples are numpy order ``(heigh
   rate. Its frame index (``.index``) can be shipped to other processes.
 - :func:`load_audio` (``audio``) -- any audio (or a video's soundtrack) as 16 kHz mono, checked.
 - :func:`write_mp4` (``writer``) -- H.264 + AAC MP4, streamed frame by frame, atomically.
+- :func:`write_video` (``encode``) -- deliverables for the studio conform: the source's exact
+  (or variable) frame rate, H.264/HEVC/ProRes/FFV1 in .mp4/.mov/.mkv, the mix's channels and
+  rate kept, extra tracks; :func:`check_output` refuses a codec/container pair up front.
 - :func:`atomic_write` (``atomic``) -- the temp-file-and-rename every writer uses.
 - ``container`` -- opening files and the one decode loop (damaged files read as far as they go).
 
@@ -30,11 +33,13 @@ from .atomic import atomic_write
 __all__ = [
     "AudioError",
     "AudioWarning",
+    "CODECS",
     "FrameIndex",
     "MediaError",
     "VideoSource",
     "WrittenVideo",
     "atomic_write",
+    "check_output",
     "iter_video_frames",
     "load_audio",
     "load_audio_checked",
@@ -42,6 +47,7 @@ __all__ = [
     "read_image",
     "to_uint8_frames",
     "write_mp4",
+    "write_video",
     "x264_params",
 ]
 
@@ -50,6 +56,9 @@ _LAZY = {
     "load_audio": "audio",
     "load_audio_checked": "audio",
     "measure_loudness": "audio",
+    "CODECS": "encode",
+    "check_output": "encode",
+    "write_video": "encode",
     "iter_video_frames": "container",
     "read_image": "image",
     "FrameIndex": "video",

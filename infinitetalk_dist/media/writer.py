@@ -29,7 +29,7 @@ __all__ = ["WrittenVideo", "to_uint8_frames", "write_mp4", "x264_params"]
 
 @dataclass(frozen=True)
 class WrittenVideo:
-    """What :func:`write_mp4` wrote."""
+    """What :func:`write_mp4` (or :func:`~.encode.write_video`) wrote."""
 
     path: str
     frames: int
@@ -42,6 +42,8 @@ class WrittenVideo:
     audio_padded: float  # seconds of silence appended because the audio was shorter
     audio_trimmed: bool  # the audio was longer than the video and was cut
     encode_seconds: float
+    codec: str = "h264"  # write_video's codec name
+    extra_audio_tracks: int = 0  # write_video's tracks copied from extra_audio, after the main one
 
 
 _AAC_FRAME = 1024
@@ -49,6 +51,8 @@ _AAC_FRAME = 1024
 
 class _AudioFeed:
     """Source audio -> resampled float planar chunks -> AAC packets, trimmed/padded on demand."""
+
+    _dtype = np.float32  # of the buffered samples (encode.py's tracks buffer other types)
 
     def __init__(self, container, audio, audio_sr, out_sr, bitrate, out_path):
         self._src_container = None
@@ -124,7 +128,7 @@ class _AudioFeed:
             got += use
         self._buffered -= have
         if have < n:
-            parts.append(np.zeros((self.channels, n - have), np.float32))
+            parts.append(np.zeros((self.channels, n - have), self._dtype))
             self.padded += n - have
         return np.ascontiguousarray(np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0])
 
@@ -157,15 +161,15 @@ class _AudioFeed:
             self._src_container = None
 
 
-def _audio_array(audio, out_path) -> np.ndarray:
-    """Waveform as float32 ``[C, N]`` (C = 1 or 2) in [-1, 1]."""
+def _audio_array(audio, out_path, who: str = "write_mp4") -> np.ndarray:
+    """Waveform as float32 ``[C, N]`` (C = 1 or 2) in [-1, 1]; errors name ``who``."""
     if hasattr(audio, "detach"):
         audio = audio.detach().cpu().numpy()
     a = np.asarray(audio)
     if a.dtype.kind == "i":
         a = a.astype(np.float32) / float(np.iinfo(a.dtype).max + 1)
     elif a.dtype.kind != "f":
-        raise ValueError(f"write_mp4({out_path}): audio samples must be float or int, got {a.dtype}")
+        raise ValueError(f"{who}({out_path}): audio samples must be float or int, got {a.dtype}")
     a = a.astype(np.float32, copy=False)
     if a.ndim == 1:
         a = a[None]
@@ -175,12 +179,12 @@ def _audio_array(audio, out_path) -> np.ndarray:
         elif a.shape[1] in (1, 2):
             a = a.T
         else:
-            raise ValueError(f"write_mp4({out_path}): audio must be [N], [N, C] or [C, N] with C <= 2, "
+            raise ValueError(f"{who}({out_path}): audio must be [N], [N, C] or [C, N] with C <= 2, "
                              f"got shape {a.shape}")
     else:
-        raise ValueError(f"write_mp4({out_path}): audio must be 1-D or 2-D, got shape {a.shape}")
+        raise ValueError(f"{who}({out_path}): audio must be 1-D or 2-D, got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError(f"write_mp4({out_path}): audio contains NaN or inf")
+        raise ValueError(f"{who}({out_path}): audio contains NaN or inf")
     return np.clip(a, -1.0, 1.0)
 
 
@@ -195,14 +199,14 @@ def _frames_iter(frames) -> Iterator[np.ndarray]:
         yield np.asarray(f)
 
 
-def _check_frame(f: np.ndarray, i: int, shape, out_path) -> None:
+def _check_frame(f: np.ndarray, i: int, shape, out_path, who: str = "write_mp4") -> None:
     if f.dtype != np.uint8:
-        raise ValueError(f"write_mp4({out_path}): frame {i} has dtype {f.dtype}; frames must be uint8 "
+        raise ValueError(f"{who}({out_path}): frame {i} has dtype {f.dtype}; frames must be uint8 "
                          "(use to_uint8_frames for the model's float video)")
     if f.ndim != 3 or f.shape[2] != 3:
-        raise ValueError(f"write_mp4({out_path}): frame {i} has shape {f.shape}, expected [H, W, 3]")
+        raise ValueError(f"{who}({out_path}): frame {i} has shape {f.shape}, expected [H, W, 3]")
     if shape is not None and f.shape != shape:
-        raise ValueError(f"write_mp4({out_path}): frame {i} has shape {f.shape}, frame 0 had {shape}")
+        raise ValueError(f"{who}({out_path}): frame {i} has shape {f.shape}, frame 0 had {shape}")
 
 
 @functools.cache

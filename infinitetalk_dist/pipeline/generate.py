@@ -42,8 +42,9 @@ def read_sources(request: GenerateRequest) -> tuple[Path, Sources]:
     """The checked output path and the request's inputs, read and checked (demo inputs for the
     tiny preset when none are given)."""
     output = Path(request.output)
-    if output.suffix.lower() != ".mp4":
-        raise InputError(f"output must be an .mp4 file, got {output}")
+    allowed = (".mp4", ".mov", ".mkv") if request.conform.enabled else (".mp4",)
+    if output.suffix.lower() not in allowed:
+        raise InputError(f"output must be a {' or '.join(allowed)} file, got {output}")
     return output, resolve_sources(request.input, output, seed=request.seed,
                                    allow_demo=request.model.preset == "tiny" and not request.model.weights)
 

@@ -18,7 +18,7 @@ from infinitetalk_dist.errors import InputError
 
 from .encoders import ENCODER_MODES
 
-__all__ = ["DTYPES", "GenerateRequest", "InputOptions", "LoraSpec", "ModelOptions", "ParallelOptions",
+__all__ = ["DTYPES", "ConformOptions", "GenerateRequest", "InputOptions", "LoraSpec", "ModelOptions", "ParallelOptions",
            "SamplerOptions", "torch_dtype"]
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -120,8 +120,16 @@ class InputOptions:
     """Negative prompt; null: Wan's default."""
     demo_dir: str | None = None
     """No image/video/audio given: demo inputs are generated here (default: next to the output)."""
+    face_box: list[float] | None = None
+    """Conform: the speaker's box [left, top, right, bottom] in source pixels, the whole clip."""
+    face_boxes: str | None = None
+    """Conform: JSON list of {start_s, box: [left, top, right, bottom]}, each valid until the next."""
 
     def __post_init__(self):
+        if self.face_box is not None and len(self.face_box) != 4:
+            raise InputError(f"input.face_box must be [left, top, right, bottom], got {list(self.face_box)}")
+        if self.face_box is not None and self.face_boxes:
+            raise InputError("give input.face_box (--face-box) or input.face_boxes, not both")
         if self.audio_mode not in ("para", "add"):
             raise InputError(f"input.audio_mode must be para or add, got {self.audio_mode!r}")
         if self.bbox is not None:
@@ -135,6 +143,38 @@ class InputOptions:
     def boxes(self) -> list[list[float]] | None:
         """The two speakers' boxes, or None."""
         return None if self.bbox is None else [list(self.bbox["person1"]), list(self.bbox["person2"])]
+
+
+@dataclass
+class ConformOptions:
+    enabled: bool = False
+    """V2V: re-render only the speaker's face, into the source's frames, rate and size (--conform)."""
+    mask: str = "face"
+    """Where the render replaces the source: face (the head) | lower (mouth and jaw) | box (the crop)."""
+    feather: float = 0.08
+    """Width of the mask's soft edge, a fraction of the crop's smaller side."""
+    color_match: float = 1.0
+    """0..1: match the render's colours to the source under the mask."""
+    retime: str = "blend"
+    """25 fps renders onto source timestamps: blend (the two nearest, weighted) | nearest."""
+    on_missing: str = "error"
+    """A shot where no face is found: error | skip (the shot stays the source's)."""
+    codec: str = "h264"
+    """h264 | hevc (10-bit) | prores (422 HQ 10-bit, .mov) | ffv1 (lossless, .mkv)."""
+    crf: int | None = None
+    """Quality for h264/hevc (null: 18 / 20)."""
+    mix: str | None = None
+    """What the output carries (the final mix; its layout and rate kept); null: the --audio file."""
+    keep_tracks: bool = False
+    """Also carry the source video's own audio tracks after the mix."""
+
+    def __post_init__(self):
+        for name, allowed in (("mask", ("face", "lower", "box")), ("retime", ("blend", "nearest")),
+                              ("on_missing", ("error", "skip")), ("codec", ("h264", "hevc", "prores", "ffv1"))):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"conform.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0 <= self.feather <= 0.5 or not 0 <= self.color_match <= 1:
+            raise InputError("conform.feather must be in [0, 0.5] and conform.color_match in [0, 1]")
 
 
 @dataclass
@@ -185,6 +225,8 @@ class GenerateRequest:
     """How to sample."""
     parallel: ParallelOptions = field(default_factory=ParallelOptions)
     """One replica over N processes (torchrun, or a farm replica of N GPUs)."""
+    conform: ConformOptions = field(default_factory=ConformOptions)
+    """Studio dubbing of a source video (only the face changes)."""
 
     def __post_init__(self):
         from infinitetalk_dist.kernels import ATTENTION_BACKENDS

@@ -41,6 +41,7 @@ class Reference:
     picture: Image.Image
     video_path: str | None = None
     video_index: Any = None  # VideoSource.index: the frame timestamps, shipped instead of rebuilt
+    crops: tuple | None = None  # conform: ((start_s, (left, top, right, bottom)), ...) per shot
     _video: VideoSource | None = field(default=None, repr=False, compare=False)
 
     def video(self) -> VideoSource | None:
@@ -54,7 +55,24 @@ class Reference:
         if video is None or index == 0:
             return image_to_tensor(self.picture, hw)
         frame = video.frame_for_output_index(index, FPS, clamp=True)
+        if self.crops:
+            frame = _crop(frame, self.box_at(index / FPS))
         return image_to_tensor(Image.fromarray(np.ascontiguousarray(frame)), hw)
+
+    def box_at(self, seconds: float) -> tuple[int, int, int, int]:
+        """Conform: the crop box of the shot on screen at ``seconds``."""
+        box = self.crops[0][1]
+        for start, b in self.crops:
+            if start <= seconds + 1e-9:
+                box = b
+        return box
+
+    def cropped(self, crops) -> Reference:
+        """Conform: this video reference seen through one crop box per shot (``crops``:
+        ``(start_s, box)`` sorted by start); the picture becomes frame 0's crop."""
+        crops = tuple((float(t), tuple(int(v) for v in box)) for t, box in crops)
+        picture = Image.fromarray(np.ascontiguousarray(_crop(np.asarray(self.picture), crops[0][1])))
+        return Reference(picture, self.video_path, self.video_index, crops, _video=self._video)
 
     def for_workers(self) -> Reference:
         """A copy to send to other processes: the video's frame index built (once, here)."""
@@ -62,10 +80,15 @@ class Reference:
         if video is None:
             return Reference(self.picture)
         path = self.video_path if "://" in self.video_path else str(Path(self.video_path).resolve())
-        return Reference(self.picture, path, video.index)
+        return Reference(self.picture, path, video.index, self.crops)
 
     def __getstate__(self):
         return {**self.__dict__, "_video": None}  # an open decoder does not travel
+
+
+def _crop(frame: np.ndarray, box) -> np.ndarray:
+    left, top, right, bottom = box
+    return frame[top:bottom, left:right]
 
 
 @dataclass
