@@ -27,7 +27,7 @@ from infinitetalk_dist.errors import MediaError
 
 from .atomic import atomic_write
 from .container import AV_ERRORS, DecodeProblem, as_rate, check_file, decode, open_input
-from .writer import WrittenVideo, _audio_array, _AudioFeed, _check_frame, _frames_iter, x264_params
+from .writer import WrittenVideo, _audio_array, _AudioFeed, _check_frame, _frames_iter, close_quietly, x264_params
 
 __all__ = ["CODECS", "CONTAINERS", "check_output", "write_video"]
 
@@ -286,11 +286,7 @@ def _encode(tmp, frames, *, spec, codec, ext, shape, size, rate, tb, pts, tick, 
         main = (tracks[0], trimmed[0]) if audio is not None else None
         return n, end, main, len(tracks) - (audio is not None)
     finally:
-        if container is not None:  # failed half-way: release the file before it is removed
-            try:
-                container.close()
-            except Exception:
-                pass
+        close_quietly(container)
         for t in tracks:
             t.close()
 

@@ -370,13 +370,18 @@ def _encode(tmp, frames, *, shape, size, rate, crf, preset, audio, audio_sr, aud
             raise MediaError(out, f"finishing the file failed ({e})") from e
         return n, feed, trimmed
     finally:
-        if container is not None:  # failed half-way: release the file before it is removed
-            try:
-                container.close()
-            except Exception:
-                pass
+        close_quietly(container)
         if feed is not None:
             feed.close()
+
+
+def close_quietly(container) -> None:
+    """Close a container an encode left half-way (release the file before it is removed)."""
+    if container is not None:
+        try:
+            container.close()
+        except Exception:
+            pass
 
 
 def to_uint8_frames(video, *, truncate: bool = False) -> Iterator[np.ndarray]:
