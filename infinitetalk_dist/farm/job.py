@@ -23,6 +23,8 @@ from pathlib import Path
 from infinitetalk_dist.errors import InputError
 from infinitetalk_dist.media import WrittenVideo
 from infinitetalk_dist.media.atomic import atomic_write
+from infinitetalk_dist.media.encode import check_output
+from infinitetalk_dist.pipeline.conform.run import ConformPlan, plan_conform, write_conformed
 from infinitetalk_dist.pipeline.generate import read_sources
 from infinitetalk_dist.pipeline.request import GenerateRequest
 from infinitetalk_dist.pipeline.sources import Sources
@@ -30,7 +32,8 @@ from infinitetalk_dist.timeline import FPS
 
 from .options import FarmOptions
 from .plan import Plan, make_plan
-from .stitch import stitch
+from .render import window_ext
+from .stitch import stitch, stitched_frames
 from .store import JobStore, hash_file
 
 __all__ = ["Job", "farm_timings", "job_inputs", "job_settings", "plan_sources", "prepare_job", "run_job"]
@@ -94,26 +97,39 @@ class Job:
     store: JobStore
     done: set[int]
     todo: list  # windows not in the store
+    conform: ConformPlan | None = None  # conform jobs: the shots' boxes (the reference is cropped)
 
     def stitch(self) -> WrittenVideo:
-        return stitch(self.store.iter_windows(self.plan.windows), self.plan, self.output,
-                      audio=self.sources.mix_original, audio_sr=self.sources.mix_rate)
+        windows = self.store.iter_windows(self.plan.windows)
+        src = self.sources
+        if self.conform is not None:  # the stitched crops composited into the source, streaming
+            mix = self.request.conform.mix
+            return write_conformed(self.output, self.conform, stitched_frames(windows, self.plan), self.request,
+                                   audio=mix or src.mix_original, audio_sr=None if mix else src.mix_rate)
+        return stitch(windows, self.plan, self.output, audio=src.mix_original, audio_sr=src.mix_rate)
 
 
 def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
-    """Inputs, plan, store (created or resumed: the same job only) and what is left to do."""
-    if request.conform.enabled:
-        raise InputError("conform mode renders through `generate` for now: the farm cannot split it into "
-                         "windows yet (use generate --conform, or leave out --conform)")
+    """Inputs, plan, store (created or resumed: the same job only) and what is left to do.
+    Conform jobs: the shots' boxes are found here, once; workers get the cropped reference and
+    the boxes are part of the stored settings (a resumed job renders the same crops)."""
     output, sources = read_sources(request)
+    conform = None
+    settings = job_settings(request)
+    if request.conform.enabled:
+        check_output(output, request.conform.codec)
+        conform = plan_conform(request, sources)
+        sources = dataclasses.replace(sources, reference=conform.reference)
+        settings["conform_boxes"] = [[start, None if b is None else b.to_json()]
+                                     for (start, _), b in zip(conform.shots, conform.boxes)]
     plan = plan_sources(request, farm, sources)
-    store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), job_settings(request),
-                                    job_inputs(sources))
+    store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), settings, job_inputs(sources),
+                                    window_ext=window_ext(request))
     done = store.done()
     todo = [w for w in plan.windows if w.index not in done]
     log.info("%s\njob store %s: %d of %d windows done, %d to render", plan.summary(), store.url,
              len(done), len(plan.windows), len(todo))
-    return Job(request, farm, output, sources, plan, store, done, todo)
+    return Job(request, farm, output, sources, plan, store, done, todo, conform)
 
 
 def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:

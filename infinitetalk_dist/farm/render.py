@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from infinitetalk_dist.media import WrittenVideo, to_uint8_frames, write_mp4
+from infinitetalk_dist.media import WrittenVideo, to_uint8_frames, write_mp4, write_video
 from infinitetalk_dist.pipeline.generate import render_frames, window_settings
 from infinitetalk_dist.pipeline.profile import StageTimer, maybe_stage
 from infinitetalk_dist.pipeline.request import GenerateRequest
@@ -27,9 +27,15 @@ from infinitetalk_dist.pipeline.runtime import Runtime
 from infinitetalk_dist.pipeline.sources import Reference
 from infinitetalk_dist.timeline import FPS, SAMPLES_PER_FRAME
 
-__all__ = ["WINDOW_CRF", "render_window", "window_tracks"]
+__all__ = ["WINDOW_CRF", "render_window", "window_ext", "window_tracks"]
 
 WINDOW_CRF = 12
+
+
+def window_ext(request: GenerateRequest) -> str:
+    """The window files' extension: ``mkv`` (lossless FFV1: the conformed film is encoded once,
+    at the stitch) for conform jobs, else ``mp4`` (H.264 at ``WINDOW_CRF``)."""
+    return "mkv" if request.conform.enabled else "mp4"
 
 
 def window_tracks(tracks, start: int, end: int) -> list[np.ndarray]:
@@ -73,4 +79,6 @@ def render_window(request: GenerateRequest, runtime: Runtime, reference: Referen
         raise ValueError(f"window {window.index}: the generator made {video.shape[1]} frames, need {frames}")
     Path(out_mp4_path).parent.mkdir(parents=True, exist_ok=True)
     with maybe_stage(timer, "encode"):
+        if window_ext(request) == "mkv":
+            return write_video(out_mp4_path, to_uint8_frames(video[:, :frames]), fps=FPS, codec="ffv1")
         return write_mp4(out_mp4_path, to_uint8_frames(video[:, :frames]), fps=FPS, crf=crf)

@@ -103,13 +103,14 @@ class ReplicaWorker:
         t0 = time.perf_counter()
         scratch = tempfile.mkdtemp(prefix="itd-window-") if self.runtime.writer else None
         try:
-            local = os.path.join(scratch, f"{w.index:05d}.mp4") if scratch else None
+            local = os.path.join(scratch, f"{w.index:05d}.{render.window_ext(self.request)}") if scratch else None
             render.render_window(self.request, self.runtime, self.reference, self.hw, w, tracks, local,
                                  progress=on_step, timer=timer)
             if local is None:
                 return None
             with timer.stage("upload"):
-                digest, size = JobStore(self.store_url).upload_window(w.index, local)
+                store = JobStore(self.store_url, window_ext=render.window_ext(self.request))
+                digest, size = store.upload_window(w.index, local)
         finally:
             if scratch:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -34,7 +34,7 @@ from infinitetalk_dist.media import WrittenVideo, iter_video_frames, write_mp4
 
 from .plan import Plan
 
-__all__ = ["StitchError", "stitch"]
+__all__ = ["StitchError", "stitch", "stitched_frames"]
 
 
 class StitchError(InfiniteTalkError, ValueError):
@@ -93,6 +93,17 @@ def _frames(window_videos: Iterable[tuple[Any, Any]], ws: list) -> Iterator[np.n
                           f"window {extra[0].index} ({extra[1]})")
 
 
+def stitched_frames(window_videos: Iterable[tuple[Any, str | os.PathLike]], plan: Plan) -> Iterator[np.ndarray]:
+    """The film's frames at ``plan.fps``, one at a time: the windows (``(window, local_path)``
+    pairs in plan order) cross-faded as the plan says. :class:`StitchError` if the plan does not
+    tile the film (raised here, before any frame) or a window file does not match its window."""
+    try:
+        plan.check()
+    except ValueError as e:
+        raise StitchError(str(e)) from e
+    return _frames(window_videos, plan.windows)
+
+
 def stitch(
     window_videos: Iterable[tuple[Any, str | os.PathLike]],
     plan: Plan,
@@ -112,11 +123,7 @@ def stitch(
     :class:`StitchError` if the plan does not tile the film or a window file has the wrong
     frame count or can't be decoded; ``out_path`` is then left untouched.
     """
-    try:
-        plan.check()
-    except ValueError as e:
-        raise StitchError(str(e)) from e
-    written = write_mp4(out_path, _frames(window_videos, plan.windows), fps=plan.fps,
+    written = write_mp4(out_path, stitched_frames(window_videos, plan), fps=plan.fps,
                         audio=audio, audio_sr=audio_sr, crf=crf, preset=preset)
     if written.frames != plan.frames:  # _frames guarantees it; a cheap guard against drift
         raise StitchError(f"{out_path}: wrote {written.frames} frames, the plan has {plan.frames}")

@@ -89,10 +89,12 @@ def _plan_window_indices(plan: Any) -> list[int]:
 
 class JobStore:
     """A job's output location. ``JobStore(url)`` opens it without reading anything; use
-    :meth:`create_or_open` to start or resume a job (it checks the manifest)."""
+    :meth:`create_or_open` to start or resume a job (it checks the manifest). ``window_ext``:
+    the window files' extension (``mp4``: H.264; ``mkv``: lossless FFV1, conform jobs)."""
 
-    def __init__(self, url: str | os.PathLike):
+    def __init__(self, url: str | os.PathLike, *, window_ext: str = "mp4"):
         self.url = os.fspath(url)
+        self.window_ext = window_ext
         try:
             self.fs, self.root = url_to_fs(self.url)
         except (ImportError, ValueError, OSError) as e:
@@ -111,24 +113,24 @@ class JobStore:
 
     def window_path(self, index: int) -> str:
         """The window's file as a path on the store's filesystem (a URL for remote stores)."""
-        p = self._p("windows", f"{int(index):05d}.mp4")
+        p = self._wp(index)
         return p if self.is_local else self.fs.unstrip_protocol(p)
 
     def _wp(self, index: int) -> str:
-        return self._p("windows", f"{int(index):05d}.mp4")
+        return self._p("windows", f"{int(index):05d}.{self.window_ext}")
 
     # -- manifest ---------------------------------------------------------------------------
 
     @classmethod
     def create_or_open(cls, url: str | os.PathLike, plan_json: str, settings: dict,
-                       inputs: dict[str, str]) -> JobStore:
+                       inputs: dict[str, str], *, window_ext: str = "mp4") -> JobStore:
         """Start a new job at ``url`` (writes the manifest) or resume the same job there.
 
         ``plan_json``: the plan's JSON text; ``settings``: the job's settings (JSON-able);
         ``inputs``: name -> sha256 of each input file (see :func:`hash_file`). An existing
         manifest must record an equal plan, settings and inputs, else :class:`StoreError`.
         """
-        store = cls(url)
+        store = cls(url, window_ext=window_ext)
         try:
             plan = json.loads(plan_json)
         except (TypeError, ValueError) as e:

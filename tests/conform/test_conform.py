@@ -127,3 +127,50 @@ def test_lip_sync_offset_by_rate():
         times = [k * den / num for k in range(300)]
         assert lip_sync_offset_s(times, "nearest") <= 0.5 / 25 + 1e-9
         assert lip_sync_offset_s(times, "blend") == 0.0
+
+
+def test_farm_conform_stores_lossless_windows_and_composites_at_the_stitch(tmp_path):
+    """`run --conform`: the shot boxes are found once by the driver, the windows (crops) are
+    stored as lossless FFV1, the stitch composites them into the source at its size and rate;
+    outside the mask the film is the source's; re-running resumes to the same bytes. (With the
+    tiny preset, generate cannot render a window's seed alone: its weights come from the seed.)"""
+    face = _face()
+    frames = []
+    for k in range(36):
+        f = np.full((360, 640, 3), (40, 60, 90), np.uint8)
+        f[60:284, 150 + 2 * k:374 + 2 * k] = face
+        frames.append(f)
+    rate = Fraction(30000, 1001)
+    write_video(tmp_path / "src.mp4", frames, fps=rate, codec="h264", crf=10)
+    speech = _wav(tmp_path / "s.wav", 1.1, 16000, 1, 3)
+    film = tmp_path / "farm.mkv"
+    args = ["run", "--video", str(tmp_path / "src.mp4"), "--audio", speech, "--conform", "--codec", "ffv1",
+            "-o", str(film), "farm.min_s=0.4", "farm.target_s=0.5", "farm.overlap_s=0.2", *FAST]
+    assert main(args) == 0
+    windows = sorted((tmp_path / "farm.mkv.job" / "windows").iterdir())
+    assert len(windows) >= 2 and {w.suffix for w in windows} == {".mkv"}
+    with av.open(str(windows[0])) as c:
+        assert c.streams.video[0].codec_context.name == "ffv1"
+    got, _ = _decode(film)
+    src = VideoSource(str(tmp_path / "src.mp4"))
+    kept = [t for t in src.timestamps if t < 1.1 - 1e-9]
+    assert len(got) == len(kept) and got[0].shape == (360, 640, 3)
+    with av.open(str(film)) as c:
+        assert c.streams.video[0].average_rate == rate
+    from infinitetalk_dist.farm.job import prepare_job
+    from infinitetalk_dist.farm.options import FarmOptions
+    from infinitetalk_dist.pipeline.request import ConformOptions, GenerateRequest, InputOptions, SamplerOptions
+
+    request = GenerateRequest(input=InputOptions(video=str(tmp_path / "src.mp4"), audio=speech),
+                              conform=ConformOptions(enabled=True, codec="ffv1"), output=str(film),
+                              sampler=SamplerOptions(steps=1, frame_num=17, motion_frame=5))
+    job = prepare_job(request, FarmOptions(min_s=0.4, target_s=0.5, overlap_s=0.2))
+    assert not job.todo  # the same job, all windows stored
+    [box] = job.conform.boxes
+    support = np.zeros((360, 640), bool)
+    support[box.top:box.bottom, box.left:box.right] = feathered_mask(box.height, box.width) > 0
+    for k, frame in enumerate(got):
+        diff = np.abs(frame.astype(int) - src.frame(k).astype(int)).max(axis=2)
+        assert diff[~support].max() == 0 and diff[support].mean() > 1.0
+    before = film.read_bytes()
+    assert main(args) == 0 and film.read_bytes() == before  # resumed: nothing rendered, same film
