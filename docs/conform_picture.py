@@ -16,27 +16,17 @@ import tempfile
 from pathlib import Path
 
 import av
-import numpy as np
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.conform.test_conform import FAST, RATE, _face, _wav  # noqa: E402
+from tests.conform.test_conform import FAST, _wav, two_shots  # noqa: E402
 
 from infinitetalk_dist.launch.cli import main  # noqa: E402
-from infinitetalk_dist.media import write_video  # noqa: E402
 
 
 def run(folder: Path, frame: int = 12) -> Path:
-    face = _face()
-    frames = []
-    for k in range(48):
-        f = np.full((720, 1280, 3), (40, 60, 90) if k < 24 else (200, 180, 120), np.uint8)
-        x, y = (300 + 2 * k, 200) if k < 24 else (800 - 2 * k, 260)
-        f[y:y + 224, x:x + 224] = face
-        frames.append(f)
-    src = folder / "source.mp4"
-    write_video(src, frames, fps=RATE, codec="h264", crf=10)
+    src = two_shots(folder / "source.mp4")
     out = folder / "dub.mkv"
     assert main(["generate", "--video", str(src), "--audio", _wav(folder / "s.wav", 1.6, 16000, 1, 1),
                  "--conform", "--codec", "ffv1", "-o", str(out), *FAST]) == 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from infinitetalk_dist.timeline import FPS, SAMPLE_RATE
 
-__all__ = ["shot_cuts", "speech_pauses"]
+__all__ = ["cut_frames", "shot_cuts", "speech_pauses"]
 
 
 def shot_cuts(
@@ -30,7 +30,11 @@ def shot_cuts(
 
     if fps_out <= 0:
         raise ValueError(f"shot_cuts: fps_out must be > 0, got {fps_out}")
-    times = shot_cut_times(video_path, threshold, min_scene_s=min_scene_s, backend=backend)
+    return cut_frames(shot_cut_times(video_path, threshold, min_scene_s=min_scene_s, backend=backend), fps_out)
+
+
+def cut_frames(times, fps_out: float = FPS) -> list[int]:
+    """Cut times (seconds) as output-frame indices: nearest frame, frame 0 and duplicates dropped."""
     return sorted(c for c in {int(round(t * fps_out)) for t in times} if c > 0)
 
 

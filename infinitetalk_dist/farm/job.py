@@ -47,11 +47,13 @@ _EXECUTION_KEYS = ("output", "progress", "timings", "device", "attention", "comp
 _INPUT_FILES = ("image", "video", "audio", "audio2", "demo_dir")
 
 
-def plan_sources(request: GenerateRequest, farm: FarmOptions, sources: Sources) -> Plan:
+def plan_sources(request: GenerateRequest, farm: FarmOptions, sources: Sources,
+                 cut_times: list[float] | None = None) -> Plan:
     """The job's plan from its loaded inputs: frames from the audio (capped by
     ``sampler.max_frames``), pauses from the speech mix (silero-vad), shot cuts from the source
-    video (V2V), replicas/target/overlap from ``farm``, window costs from the chunk sizes."""
-    from .cuts import shot_cuts, speech_pauses
+    video (V2V; ``cut_times``: already detected, seconds), replicas/target/overlap from
+    ``farm``, window costs from the chunk sizes."""
+    from .cuts import cut_frames, shot_cuts, speech_pauses
 
     frames = sources.frames
     if request.sampler.max_frames:
@@ -60,7 +62,9 @@ def plan_sources(request: GenerateRequest, farm: FarmOptions, sources: Sources) 
         raise InputError("the audio is shorter than one frame")
     pauses = speech_pauses(sources.audio.mix, min_pause_s=farm.min_pause_s)
     shots = []
-    if sources.reference.video_path is not None:
+    if cut_times is not None:
+        shots = [s for s in cut_frames(cut_times) if s < frames]
+    elif sources.reference.video_path is not None:
         shots = [s for s in shot_cuts(sources.reference.video_path, FPS, threshold=farm.shot_threshold)
                  if 0 < s < frames]
     s = request.sampler
@@ -116,13 +120,13 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     output, sources = read_sources(request)
     conform = None
     settings = job_settings(request)
-    if request.conform.enabled:
+    if request.conform.enabled:  # one shot detection: the boxes and the plan's shot cuts
         check_output(output, request.conform.codec)
-        conform = plan_conform(request, sources)
+        conform = plan_conform(request, sources, shot_threshold=farm.shot_threshold)
         sources = dataclasses.replace(sources, reference=conform.reference)
         settings["conform_boxes"] = [[start, None if b is None else b.to_json()]
                                      for (start, _), b in zip(conform.shots, conform.boxes)]
-    plan = plan_sources(request, farm, sources)
+    plan = plan_sources(request, farm, sources, cut_times=conform.cuts if conform else None)
     store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), settings, job_inputs(sources),
                                     window_ext=window_ext(request))
     done = store.done()

@@ -169,8 +169,12 @@ class ConformOptions:
     """Also carry the source video's own audio tracks after the mix."""
 
     def __post_init__(self):
-        for name, allowed in (("mask", ("face", "lower", "box")), ("retime", ("blend", "nearest")),
-                              ("on_missing", ("error", "skip")), ("codec", ("h264", "hevc", "prores", "ffv1"))):
+        from .conform.composite import MASKS
+        from .conform.retime import RETIME_MODES
+
+        # The codecs are media/encode.py's CODECS, spelled out here: importing it needs PyAV.
+        for name, allowed in (("mask", MASKS), ("retime", RETIME_MODES), ("on_missing", ("error", "skip")),
+                              ("codec", ("h264", "hevc", "prores", "ffv1"))):
             if getattr(self, name) not in allowed:
                 raise InputError(f"conform.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0 <= self.feather <= 0.5 or not 0 <= self.color_match <= 1:

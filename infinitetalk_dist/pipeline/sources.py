@@ -26,7 +26,7 @@ from .audio import SpeakerAudio, prepare_audio, prepare_speakers
 from .conditioning import image_to_tensor
 from .request import InputOptions
 
-__all__ = ["MIX_RATE", "Reference", "Sources", "resolve_sources"]
+__all__ = ["MIX_RATE", "Reference", "Sources", "entry_at", "resolve_sources"]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,7 @@ class Reference:
 
     def box_at(self, seconds: float) -> tuple[int, int, int, int]:
         """Conform: the crop box of the shot on screen at ``seconds``."""
-        box = self.crops[0][1]
-        for start, b in self.crops:
-            if start <= seconds + 1e-9:
-                box = b
-        return box
+        return entry_at(self.crops, seconds)
 
     def cropped(self, crops) -> Reference:
         """Conform: this video reference seen through one crop box per shot (``crops``:
@@ -84,6 +80,16 @@ class Reference:
 
     def __getstate__(self):
         return {**self.__dict__, "_video": None}  # an open decoder does not travel
+
+
+def entry_at(entries, seconds: float):
+    """The value of the last ``(start_s, value)`` entry (sorted by start) starting at or before
+    ``seconds``; the first entry's before any."""
+    value = entries[0][1]
+    for start, v in entries:
+        if start <= seconds + 1e-9:
+            value = v
+    return value
 
 
 def _crop(frame: np.ndarray, box) -> np.ndarray:

@@ -39,10 +39,9 @@ def _wav(path, seconds: float, sr: int, channels: int, seed: int) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """Two shots (1.0 s each) of the face on different backgrounds, moving 2 px a frame."""
-    d = tmp_path_factory.mktemp("conform")
+def two_shots(path) -> str:
+    """A 1280x720 source at 24000/1001 fps: two shots (1.0 s each) of the face on different
+    backgrounds, moving 2 px a frame (also docs/conform_picture.py's source)."""
     face = _face()
     frames = []
     for k in range(48):
@@ -51,7 +50,14 @@ def source(tmp_path_factory):
         x, y = (300 + 2 * k, 200) if not shot2 else (800 - 2 * k, 260)
         f[y:y + 224, x:x + 224] = face
         frames.append(f)
-    write_video(d / "source.mp4", frames, fps=RATE, codec="h264", crf=10)
+    write_video(path, frames, fps=RATE, codec="h264", crf=10)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    d = tmp_path_factory.mktemp("conform")
+    two_shots(d / "source.mp4")
     return {"video": str(d / "source.mp4"), "speech": _wav(d / "speech.wav", 1.6, 16000, 1, 1),
             "mix": _wav(d / "mix.wav", 1.6, 48000, 2, 2), "dir": d}
 

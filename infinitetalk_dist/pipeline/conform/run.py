@@ -28,7 +28,7 @@ from ..conditioning import pick_bucket
 from ..generate import generate, read_sources, render_frames, window_settings
 from ..request import GenerateRequest
 from ..runtime import Runtime, replica_runtime
-from ..sources import Sources
+from ..sources import Sources, entry_at
 from .boxes import Box, read_face_boxes, shot_boxes
 from .composite import Compositor
 from .retime import lip_sync_offset_s, retimed
@@ -42,24 +42,21 @@ class ConformPlan:
     """What a conform render needs besides the models: shots, their boxes, the source frames
     the output keeps (their times), the bucket, and the reference seen through the boxes."""
 
-    def __init__(self, sources: Sources, shots: list[tuple[float, float]], boxes: list[Box | None],
-                 times: np.ndarray, hw: tuple[int, int], fallback: Box):
-        self.shots, self.boxes, self.times, self.hw = shots, boxes, times, hw
+    def __init__(self, sources: Sources, cuts: list[float], shots: list[tuple[float, float]],
+                 boxes: list[Box | None], times: np.ndarray, hw: tuple[int, int], fallback: Box):
+        self.cuts, self.shots, self.boxes, self.times, self.hw = cuts, shots, boxes, times, hw
         crops = [(start, (b or fallback).to_json()) for (start, _), b in zip(shots, boxes)]
         self.reference = sources.reference.cropped(crops)
         self.video = sources.reference.video()
 
     def box_at(self, seconds: float) -> Box | None:
         """The shot's box (None: a skipped shot, left as the source's)."""
-        box = self.boxes[0]
-        for (start, _), b in zip(self.shots, self.boxes):
-            if start <= seconds + 1e-9:
-                box = b
-        return box
+        return entry_at([(start, b) for (start, _), b in zip(self.shots, self.boxes)], seconds)
 
 
-def plan_conform(request: GenerateRequest, sources: Sources) -> ConformPlan:
-    """Shots, boxes and the kept source frames of a conform job (no model needed)."""
+def plan_conform(request: GenerateRequest, sources: Sources, *, shot_threshold: float = 27.0) -> ConformPlan:
+    """Shots (cut times by PySceneDetect at ``shot_threshold``), boxes and the kept source
+    frames of a conform job (no model needed)."""
     from infinitetalk_dist.media.shots import shot_cut_times
 
     video = sources.reference.video()
@@ -69,7 +66,7 @@ def plan_conform(request: GenerateRequest, sources: Sources) -> ConformPlan:
     if audio_s > video.duration + 1e-3:
         raise InputError(f"--conform: the audio ({audio_s:.2f} s) is longer than the source video "
                          f"({video.duration:.2f} s); the output keeps the source's frames, so trim the audio")
-    cuts = shot_cut_times(sources.reference.video_path)
+    cuts = shot_cut_times(sources.reference.video_path, shot_threshold)
     edges = [0.0, *cuts, video.duration]
     shots = [(a, b) for a, b in zip(edges, edges[1:]) if a < audio_s]
     inputs = request.input
@@ -89,7 +86,7 @@ def plan_conform(request: GenerateRequest, sources: Sources) -> ConformPlan:
     for k, ((a, b), box) in enumerate(zip(shots, boxes)):
         log.info("shot %d (%.2f s - %.2f s): %s", k, a, b, "left as the source" if box is None else
                  f"box {box.to_json()} -> {hw[1]}x{hw[0]}")
-    return ConformPlan(sources, shots, boxes, times, hw, found[0])
+    return ConformPlan(sources, cuts, shots, boxes, times, hw, found[0])
 
 
 def conform_generate(request: GenerateRequest, runtime: Runtime | None = None) -> WrittenVideo | None:
