@@ -121,14 +121,16 @@ def main() -> None:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--cases", default="a,b,c,d")
     ap.add_argument("--baseline", action="store_true", help="also the reference-equivalent path (flash2, no compile)")
+    ap.add_argument("--baseline-only", action="store_true", help="only the reference-equivalent path")
     ap.add_argument("--out", type=Path, default=Path("/tmp/itd-e2e"))
     args = ap.parse_args()
     files = write_inputs(args.out / "inputs")
     files["lora"] = str(next(Path(args.weights).glob("lightx2v_lora_rank*.safetensors")))
     rows = []
     for key in args.cases.split(","):
-        rows.append(run_case(key, [], args.weights, files, args.out))
-        if args.baseline:
+        if not args.baseline_only:
+            rows.append(run_case(key, [], args.weights, files, args.out))
+        if args.baseline or args.baseline_only:
             rows.append(run_case(key, BASELINE, args.weights, files, args.out))
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
