@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from e2e import write_inputs  # noqa: E402
 
-READY = re.compile(r"replica (\d+) ready in [\d.]+ s \(\d+ rank\(s\), pids \[([\d, ]+)\]\)")
+READY = re.compile(r"replica (\d+) ready in [\d.]+ s \(\d+ rank\(s\), pids \[([\d, ]+)\]")
 TAKEN = re.compile(r"window #(\d+) \(frames .*-> replica (\d+)")
 
 

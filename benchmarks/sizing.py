@@ -1,18 +1,25 @@
 """Sizing guide: GPU-hours per minute of output and GPUs for a film in a target wall time.
 
-Derived from the measured figures of `benchmarks/RESULTS.md` (H100 80GB, 14B, bf16, the
-default fast path: cuDNN attention + compiled blocks), not measured here:
+One row is measured end to end through the CLI; the others are projected (marked so in the
+table) from the per-forward benchmarks of `benchmarks/RESULTS.md`:
 
+    measured, H200 through `generate` (e2e.py case (a): 20 s 480p I2V, 4-step LightX2V + LoRA,
+    compile auto, 7 chunks): DiT 6.49 s a step, VAE 44.1 s over 7 chunks, mux 11.7 s per 20 s.
+    The farm on the same card (farm_gpu.py, 40 s in 4 windows, compile=false) ran 8.0 s a step
+    and wrote 1000 frames in 598 s of window time: the uncompiled path costs ~20% more.
+
+    projected, H100 80GB (same GH100 compute as the H200: 3.17 vs 3.12 s per compiled forward):
     DiT s/forward, 1 GPU        448x896: 3.170   704x1280: 11.558   (table of record, issue 6)
     VAE + CLIP s/chunk, TF32    448x896: 5.27 first chunk of a window, 3.35 later (I2V reuse)
                                 704x1280: x2.22 (the fp32 720p/480p VAE ratio, 37.375 / 16.861)
-    replica efficiency          Ulysses 89% at 2 GPUs, 86% at 4 (480p), 92% at 4 (720p) (issue 4)
+    replica efficiency          Ulysses 89% at 2 GPUs, 86% at 4 (480p), 92% at 4 (720p) (issue 4;
+                                the 4-GPU columns are projections for every row)
 
 A chunk is 81 frames, 72 of them new (9 motion frames): 2.88 s of output. The 40-step default
 runs 3 guidance branches (120 batched forwards per chunk), the 4-step LightX2V preset 2
 branches (8). Farm overhead: windows of 60 s with a 1 s overlap (+1.7% frames) and one full
 reference encode per window; the scheduler's makespan is within 2.4% of the bound
-(`farm_schedule.py`), taken as 3%.
+(`farm_schedule.py`), taken as 3%. Loading a replica (85-96 s, measured) is paid once per job.
 
     python benchmarks/sizing.py [--film-min 90 --wall-h 4 8 24]
 """
@@ -27,11 +34,16 @@ VAE_S = {"480p": (5.27, 3.35), "720p": (5.27 * 37.375 / 16.861, 3.35 * 37.375 / 
 REPLICA_EFF = {("480p", 1): 1.0, ("480p", 2): 0.89, ("480p", 4): 0.86, ("720p", 1): 1.0, ("720p", 4): 0.92}
 PRESETS = {"40-step": 40 * 3, "4-step": 4 * 2}  # batched forwards (branches x steps) per chunk
 CHUNK_OUT_S, WINDOW_S, OVERLAP_S, SCHED = 72 / 25, 60.0, 1.0, 1.03
+# (preset, size) -> (DiT s per chunk, VAE s per chunk, mux s per output s), measured through the CLI
+MEASURED = {("4-step", "480p"): (4 * 6.49, 44.1 / 7, 11.7 / 20)}
 
 
 def window_seconds(size: str, preset: str) -> float:
     """One 60 s window (+ overlap) on a 1-GPU replica."""
     chunks = math.ceil((WINDOW_S + OVERLAP_S) / CHUNK_OUT_S)
+    if (preset, size) in MEASURED:
+        dit, vae, mux = MEASURED[(preset, size)]
+        return chunks * (dit + vae) + mux * WINDOW_S
     first, later = VAE_S[size]
     return chunks * PRESETS[preset] * DIT_S[size] + first + (chunks - 1) * later
 
@@ -41,9 +53,10 @@ def gpu_hours_per_output_minute(size: str, preset: str) -> float:
 
 
 def table(film_min: float, walls: list[float]) -> str:
-    lines = ["| preset | size | one 60 s window, 1 GPU / 4-GPU replica | GPU-h per output minute | " + " | ".join(
-        f"H100s for a {film_min:g}-min film in {w:g} h (1-GPU / 4-GPU replicas)" for w in walls) + " |",
-        "|---|---|---:|---:|" + "---:|" * len(walls)]
+    lines = ["| preset | size | basis | one 60 s window, 1 GPU / 4-GPU replica | GPU-s per output s "
+             "| GPU-h per output minute | " + " | ".join(
+                 f"GPUs for a {film_min:g}-min film in {w:g} h (1-GPU / 4-GPU replicas)" for w in walls) + " |",
+             "|---|---|---|---:|---:|---:|" + "---:|" * len(walls)]
     for preset in PRESETS:
         for size in DIT_S:
             g = gpu_hours_per_output_minute(size, preset)
@@ -54,7 +67,9 @@ def table(film_min: float, walls: list[float]) -> str:
                 cells.append(f"{one} / {four}")
             w1 = window_seconds(size, preset) / 3600
             w4 = w1 / 4 / REPLICA_EFF[(size, 4)]
-            lines.append(f"| {preset} | {size} | {w1:.2f} h / {w4:.2f} h | {g:.2f} | " + " | ".join(cells) + " |")
+            basis = "**measured** per chunk (H200, CLI)" if (preset, size) in MEASURED else "projected (H100 benchmarks)"
+            lines.append(f"| {preset} | {size} | {basis} | {w1:.2f} h / {w4:.2f} h | {g * 60:.1f} | {g:.2f} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,9 @@ silero-vad are imported inside the functions, so the planner itself needs neithe
 
 from __future__ import annotations
 
+import functools
 import os
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -38,16 +40,27 @@ def cut_frames(times, fps_out: float = FPS) -> list[int]:
     return sorted(c for c in {int(round(t * fps_out)) for t in times} if c > 0)
 
 
-_MODEL = None
+@contextmanager
+def _one_torch_thread():
+    """silero-vad runs with one CPU thread (fixed results on any machine, fast on its 512-sample
+    chunks), but its module does ``torch.set_num_threads(1)`` when first imported, for the whole
+    process: a farm=local job then loaded and rendered the 14B model on one thread. Its import
+    and calls run in here, and the process's thread count is put back after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
+@functools.cache
 def _vad_model():
-    global _MODEL
-    if _MODEL is None:
-        from silero_vad import load_silero_vad
+    from silero_vad import load_silero_vad
 
-        _MODEL = load_silero_vad()  # bundled weights: no network
-    return _MODEL
+    return load_silero_vad()  # bundled weights: no network
 
 
 def speech_pauses(
@@ -60,7 +73,6 @@ def speech_pauses(
     times come from its sample indices (rounded to 1 ms).
     """
     import torch
-    from silero_vad import get_speech_timestamps
 
     w = np.asarray(wave_16k)
     if w.ndim != 1:
@@ -73,7 +85,9 @@ def speech_pauses(
     w = np.ascontiguousarray(w, dtype=np.float32)
     if not np.isfinite(w).all():
         raise ValueError("speech_pauses: waveform contains NaN or inf")
-    with torch.no_grad():
+    with _one_torch_thread(), torch.no_grad():
+        from silero_vad import get_speech_timestamps
+
         speech = get_speech_timestamps(
             torch.from_numpy(w), _vad_model(), threshold=threshold, sampling_rate=SAMPLE_RATE
         )

@@ -22,7 +22,17 @@ log = logging.getLogger(__name__)
 def run_local(job) -> dict:
     """Render every window of ``job`` (a :class:`~.job.Job`) not yet in its store; returns the
     run's :meth:`~.driver.JobRun.summary`."""
-    worker = ReplicaWorker(job.request, job.store.url, 0, 1, job.sources.reference)
+    import torch
+
+    threads = torch.get_num_threads()  # a CPU job sets its own (FarmOptions.cpu_threads); put back after
+    worker = ReplicaWorker(job.request, job.store.url, 0, 1, job.sources.reference, cpu_threads=job.farm.cpu_threads())
+    try:
+        return _render_all(job, worker)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _render_all(job, worker: ReplicaWorker) -> dict:
     with JobRun(job, backend="local", replicas=1, gpu=job.request.device.startswith("cuda")) as run:
         run.placed()
         run.replica_ready(0, [worker.setup(None)])

@@ -39,7 +39,9 @@ class FarmOptions:
     """farm=ray: the Ray cluster; null: the one `ray job submit` / RAY_ADDRESS names, else a new local one."""
     cpus_per_actor: float | None = None
     """farm=ray: CPUs each actor reserves (Ray gives it as many CPU threads); null: a GPU actor
-    takes the cluster's CPUs per GPU (loading, the LoRA merge and encoding run on them), a CPU actor 1."""
+    takes the cluster's CPUs per GPU (loading, the LoRA merge and encoding run on them), a CPU actor 1.
+    A device=cpu window renders with this many threads (default 1) on both backends: CPU results
+    depend on the thread count, and farm=local must write the bytes farm=ray writes."""
     placement_timeout_s: float = 600.0
     """farm=ray: wait this long for a replica's GPUs, then fail naming what is missing."""
 
@@ -53,6 +55,10 @@ class FarmOptions:
             raise InputError(f"farm.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
         if self.gpus_per_replica < 0:
             raise InputError(f"farm.gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
+
+    def cpu_threads(self) -> int:
+        """Torch threads a device=cpu window renders with (see ``cpus_per_actor``)."""
+        return max(1, int(self.cpus_per_actor or 1))
 
     def store_url(self, output: str) -> str:
         """The job store: ``store`` or ``<output>.job`` next to the output."""

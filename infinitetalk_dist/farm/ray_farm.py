@@ -123,7 +123,8 @@ class _Farm:
         rep.actors = [
             self.worker.options(**opts, name=f"itd-r{rep.index}-k{k}-b{rep.builds}",
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(rep.pg, placement_group_bundle_index=k))
-            .remote(self.request, self.job.store.url, k, self.world, self.reference, visible_gpu=True)
+            .remote(self.request, self.job.store.url, k, self.world, self.reference, visible_gpu=True,
+                    cpu_threads=self.job.farm.cpu_threads())
             for k in range(self.world)
         ]
         init = rep.actors[0].rendezvous.remote() if self.world > 1 else None

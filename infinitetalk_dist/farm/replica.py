@@ -32,12 +32,13 @@ class ReplicaWorker:
     """Rank ``rank`` of a replica of ``world`` ranks rendering windows of one job."""
 
     def __init__(self, request: GenerateRequest, store_url: str, rank: int, world: int, reference: Reference,
-                 *, visible_gpu: bool = False):
+                 *, visible_gpu: bool = False, cpu_threads: int | None = None):
         if visible_gpu and request.device.startswith("cuda"):
             # Ray shows each actor its own GPU through CUDA_VISIBLE_DEVICES.
             request = dataclasses.replace(request, device="cuda:0")
         self.request, self.reference = request, reference
         self.store_url, self.rank, self.world = store_url, int(rank), int(world)
+        self.cpu_threads = cpu_threads  # device=cpu: the thread count fixes the bytes (FarmOptions.cpu_threads)
         self.runtime = self.hw = None
 
     def rendezvous(self) -> str:
@@ -63,6 +64,8 @@ class ReplicaWorker:
         device = torch.device(self.request.device)
         if device.type == "cuda" and device.index is not None:  # plain "cuda" (farm=local): the current one
             torch.cuda.set_device(device)
+        if device.type == "cpu" and self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
         if self.world > 1:
             backend = "nccl" if device.type == "cuda" else "gloo"
             kw = {"device_id": device} if backend == "nccl" else {}

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,3 +186,15 @@ def test_draw_plan_png(tmp_path):
         px = np.asarray(im.convert("RGB"))
     assert (px == (220, 40, 40)).all(-1).any() and (px == (240, 140, 0)).all(-1).any()
     assert [p.name for p in tmp_path.iterdir()] == ["plan.png"]  # no temp file left behind
+
+
+def test_speech_pauses_leave_the_process_thread_count_alone():
+    # silero-vad's module sets torch.set_num_threads(1) on import: a farm=local job on the GPU
+    # then loaded the 14B model on one thread (397 s instead of 96 s). A fresh process, so the
+    # import happens here.
+    code = ("import numpy as np, torch; torch.set_num_threads(2); "
+            "from infinitetalk_dist.farm.cuts import speech_pauses; "
+            "assert speech_pauses(np.zeros(16000, np.float32)) == [(0.0, 1.0)]; print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2"]
