@@ -137,7 +137,7 @@ def main() -> None:
             shutil.copytree(f"{ray_mp4}.job", store)
             redo = [ray["killed"]["window"] if ray["killed"] else 0]
             for k in redo:
-                (store / "windows" / f"{k:05d}.mp4").unlink()
+                next((store / "windows").glob(f"{k:05d}.*")).unlink()
         local_mp4 = args.out / "local.mp4"
         print(f"farm=local: re-rendering windows {redo or 'all'}", flush=True)
         local = run_cli([*common, "-o", str(local_mp4), "farm=local", f"farm.store={store}"], args.out / "local.log")

@@ -32,7 +32,6 @@ from infinitetalk_dist.timeline import FPS
 
 from .options import FarmOptions
 from .plan import Plan, make_plan
-from .render import window_ext
 from .stitch import stitch, stitched_frames
 from .store import JobStore, hash_file
 
@@ -120,6 +119,8 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     output, sources = read_sources(request)
     conform = None
     settings = job_settings(request)
+    settings["window_codec"] = farm.window_codec  # a resumed job keeps its windows' format
+    ext = farm.window_ext(conform=request.conform.enabled)
     if request.conform.enabled:  # one shot detection: the boxes and the plan's shot cuts
         check_output(output, request.conform.codec)
         conform = plan_conform(request, sources, shot_threshold=farm.shot_threshold)
@@ -128,7 +129,7 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
                                      for (start, _), b in zip(conform.shots, conform.boxes)]
     plan = plan_sources(request, farm, sources, cut_times=conform.cuts if conform else None)
     store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), settings, job_inputs(sources),
-                                    window_ext=window_ext(request))
+                                    window_ext=ext)
     done = store.done()
     todo = [w for w in plan.windows if w.index not in done]
     log.info("%s\njob store %s: %d of %d windows done, %d to render", plan.summary(), store.url,

@@ -25,7 +25,8 @@ def run_local(job) -> dict:
     import torch
 
     threads = torch.get_num_threads()  # a CPU job sets its own (FarmOptions.cpu_threads); put back after
-    worker = ReplicaWorker(job.request, job.store.url, 0, 1, job.sources.reference, cpu_threads=job.farm.cpu_threads())
+    worker = ReplicaWorker(job.request, job.store.url, 0, 1, job.sources.reference,
+                           cpu_threads=job.farm.cpu_threads(), window_ext=job.store.window_ext)
     try:
         return _render_all(job, worker)
     finally:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from infinitetalk_dist.errors import InputError
 
-__all__ = ["FarmOptions"]
+__all__ = ["WINDOW_EXT", "FarmOptions"]
+
+WINDOW_EXT = {"ffv1": "mkv", "h264": "mp4"}  # farm.window_codec -> the window files' extension
 
 
 @dataclass
@@ -27,6 +29,9 @@ class FarmOptions:
     """Window length in seconds; null: from the duration and the replicas."""
     overlap_s: float = 1.0
     """Cross-fade at forced cuts, seconds."""
+    window_codec: str = "ffv1"
+    """How the store keeps rendered windows: ffv1 (lossless .mkv: the film is encoded once, at
+    the stitch) | h264 (.mp4 at crf 12: ~5x smaller, a second generation of loss). Conform jobs: ffv1."""
     min_pause_s: float = 0.3
     """Silences shorter than this are not cut points."""
     shot_threshold: float = 27.0
@@ -53,12 +58,21 @@ class FarmOptions:
                 raise InputError(f"farm.{name} must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             raise InputError(f"farm.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+        if self.window_codec not in WINDOW_EXT:
+            raise InputError(f"farm.window_codec must be one of {', '.join(WINDOW_EXT)}, got {self.window_codec!r}")
         if self.gpus_per_replica < 0:
             raise InputError(f"farm.gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
 
     def cpu_threads(self) -> int:
         """Torch threads a device=cpu window renders with (see ``cpus_per_actor``)."""
         return max(1, int(self.cpus_per_actor or 1))
+
+    def window_ext(self, conform: bool = False) -> str:
+        """The window files' extension; a conform job needs lossless crops to composite."""
+        if conform and self.window_codec != "ffv1":
+            raise InputError(f"farm.window_codec={self.window_codec} cannot hold a conform job's windows: "
+                             "the composite needs lossless crops (use ffv1)")
+        return WINDOW_EXT[self.window_codec]
 
     def store_url(self, output: str) -> str:
         """The job store: ``store`` or ``<output>.job`` next to the output."""

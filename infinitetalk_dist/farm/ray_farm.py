@@ -124,7 +124,7 @@ class _Farm:
             self.worker.options(**opts, name=f"itd-r{rep.index}-k{k}-b{rep.builds}",
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(rep.pg, placement_group_bundle_index=k))
             .remote(self.request, self.job.store.url, k, self.world, self.reference, visible_gpu=True,
-                    cpu_threads=self.job.farm.cpu_threads())
+                    cpu_threads=self.job.farm.cpu_threads(), window_ext=self.job.store.window_ext)
             for k in range(self.world)
         ]
         init = rep.actors[0].rendezvous.remote() if self.world > 1 else None

@@ -27,15 +27,9 @@ from infinitetalk_dist.pipeline.runtime import Runtime
 from infinitetalk_dist.pipeline.sources import Reference
 from infinitetalk_dist.timeline import FPS, SAMPLES_PER_FRAME
 
-__all__ = ["WINDOW_CRF", "render_window", "window_ext", "window_tracks"]
+__all__ = ["WINDOW_CRF", "render_window", "window_tracks"]
 
 WINDOW_CRF = 12
-
-
-def window_ext(request: GenerateRequest) -> str:
-    """The window files' extension: ``mkv`` (lossless FFV1: the conformed film is encoded once,
-    at the stitch) for conform jobs, else ``mp4`` (H.264 at ``WINDOW_CRF``)."""
-    return "mkv" if request.conform.enabled else "mp4"
 
 
 def window_tracks(tracks, start: int, end: int) -> list[np.ndarray]:
@@ -55,8 +49,8 @@ def window_tracks(tracks, start: int, end: int) -> list[np.ndarray]:
 def render_window(request: GenerateRequest, runtime: Runtime, reference: Reference, hw: tuple[int, int],
                   window: Any, tracks, out_mp4_path: str | os.PathLike | None, *, progress=None,
                   timer: StageTimer | None = None, crf: int = WINDOW_CRF) -> WrittenVideo | None:
-    """Render frames ``[window.start, window.end)`` of the job to ``out_mp4_path`` (H.264, no
-    audio, ``crf``), written atomically. ``window``: a :class:`~.plan.Window` (anything with
+    """Render frames ``[window.start, window.end)`` of the job to ``out_mp4_path`` (no audio,
+    written atomically): lossless FFV1 for a ``.mkv`` path, else H.264 at ``crf``. ``window``: a :class:`~.plan.Window` (anything with
     ``index``, ``start``, ``end``, ``seed``); ``tracks``: its audio (:func:`window_tracks`);
     ``hw``: the output size; ``runtime``: the replica's models, branch prediction and prompt
     cache; ``progress``: called after every sampling step; ``timer``: times the model calls. Ranks other than the writer pass ``out_mp4_path=None`` and get None.
@@ -79,6 +73,6 @@ def render_window(request: GenerateRequest, runtime: Runtime, reference: Referen
         raise ValueError(f"window {window.index}: the generator made {video.shape[1]} frames, need {frames}")
     Path(out_mp4_path).parent.mkdir(parents=True, exist_ok=True)
     with maybe_stage(timer, "encode"):
-        if window_ext(request) == "mkv":
+        if Path(out_mp4_path).suffix == ".mkv":
             return write_video(out_mp4_path, to_uint8_frames(video[:, :frames]), fps=FPS, codec="ffv1")
         return write_mp4(out_mp4_path, to_uint8_frames(video[:, :frames]), fps=FPS, crf=crf)

@@ -32,13 +32,14 @@ class ReplicaWorker:
     """Rank ``rank`` of a replica of ``world`` ranks rendering windows of one job."""
 
     def __init__(self, request: GenerateRequest, store_url: str, rank: int, world: int, reference: Reference,
-                 *, visible_gpu: bool = False, cpu_threads: int | None = None):
+                 *, visible_gpu: bool = False, cpu_threads: int | None = None, window_ext: str = "mkv"):
         if visible_gpu and request.device.startswith("cuda"):
             # Ray shows each actor its own GPU through CUDA_VISIBLE_DEVICES.
             request = dataclasses.replace(request, device="cuda:0")
         self.request, self.reference = request, reference
         self.store_url, self.rank, self.world = store_url, int(rank), int(world)
         self.cpu_threads = cpu_threads  # device=cpu: the thread count fixes the bytes (FarmOptions.cpu_threads)
+        self.window_ext = window_ext  # the store's: mkv (FFV1) or mp4 (H.264)
         self.runtime = self.hw = None
 
     def rendezvous(self) -> str:
@@ -106,13 +107,13 @@ class ReplicaWorker:
         t0 = time.perf_counter()
         scratch = tempfile.mkdtemp(prefix="itd-window-") if self.runtime.writer else None
         try:
-            local = os.path.join(scratch, f"{w.index:05d}.{render.window_ext(self.request)}") if scratch else None
+            local = os.path.join(scratch, f"{w.index:05d}.{self.window_ext}") if scratch else None
             render.render_window(self.request, self.runtime, self.reference, self.hw, w, tracks, local,
                                  progress=on_step, timer=timer)
             if local is None:
                 return None
             with timer.stage("upload"):
-                store = JobStore(self.store_url, window_ext=render.window_ext(self.request))
+                store = JobStore(self.store_url, window_ext=self.window_ext)
                 digest, size = store.upload_window(w.index, local)
         finally:
             if scratch:

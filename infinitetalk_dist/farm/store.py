@@ -3,7 +3,8 @@
 Layout under the job's URL::
 
     manifest.json          the plan (JSON), the settings, the inputs' sha256, per-window state
-    windows/00000.mp4      one finished window each, ``{index:05d}.mp4``
+    windows/00000.mkv      one finished window each, ``{index:05d}.mkv`` (FFV1; ``.mp4``: H.264,
+                           farm.window_codec=h264)
 
 ``manifest.json`` looks like::
 
@@ -90,9 +91,9 @@ def _plan_window_indices(plan: Any) -> list[int]:
 class JobStore:
     """A job's output location. ``JobStore(url)`` opens it without reading anything; use
     :meth:`create_or_open` to start or resume a job (it checks the manifest). ``window_ext``:
-    the window files' extension (``mp4``: H.264; ``mkv``: lossless FFV1, conform jobs)."""
+    the window files' extension (``mkv``: lossless FFV1, the default; ``mp4``: H.264)."""
 
-    def __init__(self, url: str | os.PathLike, *, window_ext: str = "mp4"):
+    def __init__(self, url: str | os.PathLike, *, window_ext: str = "mkv"):
         self.url = os.fspath(url)
         self.window_ext = window_ext
         try:
@@ -123,7 +124,7 @@ class JobStore:
 
     @classmethod
     def create_or_open(cls, url: str | os.PathLike, plan_json: str, settings: dict,
-                       inputs: dict[str, str], *, window_ext: str = "mp4") -> JobStore:
+                       inputs: dict[str, str], *, window_ext: str = "mkv") -> JobStore:
         """Start a new job at ``url`` (writes the manifest) or resume the same job there.
 
         ``plan_json``: the plan's JSON text; ``settings``: the job's settings (JSON-able);
@@ -237,7 +238,7 @@ class JobStore:
         return digest
 
     def upload_window(self, index: int, local_mp4_path: str | os.PathLike) -> tuple[str, int]:
-        """Copy a finished window's file into ``windows/{index:05d}.mp4`` atomically (temporary
+        """Copy a finished window's file into ``windows/{index:05d}.<ext>`` atomically (temporary
         name, size check, move) without touching the manifest: replicas call this, the driver
         then records it (:meth:`record_window`). Returns ``(sha256, size)``."""
         index = int(index)
@@ -328,7 +329,7 @@ class JobStore:
             return
         d = tempfile.mkdtemp(prefix="itd-window-")
         try:
-            local = os.path.join(d, f"{int(index):05d}.mp4")
+            local = os.path.join(d, f"{int(index):05d}.{self.window_ext}")
             try:
                 self.fs.get_file(path, local)
             except OSError as e:

@@ -206,7 +206,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "k8s":
             p.add_argument("action", choices=["render"], help="render: write the manifests into k8s.out")
         if name in ("generate", "plan", "run", "k8s"):
-            p.add_argument("--preset", choices=["tiny", "14b"], help="model preset (default tiny; --weights implies 14b)")
+            p.add_argument("--preset", choices=["tiny", "14b"], help="model preset (default tiny; --weights implies 14b "
+                           "unless --preset tiny: a weights folder at the tiny preset's shapes)")
             p.add_argument("--sampler", choices=["default", "lightx2v", "fusionx"],
                            help="sampler preset: 40-step default, 4-step lightx2v, 8-step FusionX")
             p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]", help="merge a LoRA (repeatable)")
@@ -231,8 +232,8 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
     """Group choices become Hydra overrides; plain flags become (path -> value) updates."""
     groups, values = [], {}
     flags = vars(args)
-    if flags.get("--weights") or flags.get("preset") == "14b":
-        groups.append("model=14b")
+    if flags.get("preset") == "14b" or (flags.get("--weights") and flags.get("preset") != "tiny"):
+        groups.append("model=14b")  # --weights --preset tiny: a folder written at the tiny shapes
     if flags.get("sampler"):
         groups.append(f"sampler={flags['sampler']}")
     for flag, (path, _, _) in GENERATE_FLAGS.items():

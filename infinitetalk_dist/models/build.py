@@ -57,10 +57,12 @@ def random_models(name: str, seed: int, dtype: torch.dtype, device: str | torch.
 
 def load_models(weights: str | Path, *, variant: str = "single", dtype: torch.dtype = torch.bfloat16,
                 device: str | torch.device = "cpu", skip: tuple[str, ...] = (),
-                host: tuple[str, ...] = ()) -> Models:
+                host: tuple[str, ...] = (), preset: str = "14b") -> Models:
     """VAE, CLIP, T5 and wav2vec2 from an official weights folder (VAE and CLIP stay fp32, as the
     reference; ``dtype`` is the T5's); ``skip`` leaves models out (``None``); ``host`` loads
-    those into host memory instead of onto ``device`` (e.g. ``("t5", "clip")``).
+    those into host memory instead of onto ``device`` (e.g. ``("t5", "clip")``); ``preset``: the
+    architectures of the files without a config of their own (VAE, CLIP, T5; ``tiny`` for a
+    folder written at the tiny preset's shapes).
 
     The DiT is not loaded here (``dit`` is ``None``): it comes from
     :func:`infinitetalk_dist.parallel.load_dit`, in one process or sharded over a replica.
@@ -69,11 +71,11 @@ def load_models(weights: str | Path, *, variant: str = "single", dtype: torch.dt
 
     lay = W.WeightsLayout(Path(weights), variant)
     lay.check()
-    preset = PRESETS["14b"]()
+    arch = PRESETS[preset]()
     loaders = {
-        "vae": lambda: W.load_vae(lay.vae, device=device),
-        "clip": lambda: W.load_clip(lay.clip, device="cpu" if "clip" in host else device),
-        "t5": lambda: W.load_t5(lay.t5, dtype=dtype, device="cpu" if "t5" in host else device),
+        "vae": lambda: W.load_vae(lay.vae, config=arch.vae, device=device),
+        "clip": lambda: W.load_clip(lay.clip, config=arch.clip, device="cpu" if "clip" in host else device),
+        "t5": lambda: W.load_t5(lay.t5, config=arch.t5, dtype=dtype, device="cpu" if "t5" in host else device),
         "wav2vec2": lambda: W.load_wav2vec2(lay.wav2vec2, device=device),
     }
-    return Models(preset, dit=None, **{name: None if name in skip else load() for name, load in loaders.items()})
+    return Models(arch, dit=None, **{name: None if name in skip else load() for name, load in loaders.items()})

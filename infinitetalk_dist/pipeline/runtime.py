@@ -53,7 +53,7 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
         dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=device, loras=loras,
                        attn_backend=request.attention, fsdp=fsdp)
         models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",),
-                             host=("t5", "clip") if host else ())
+                             host=("t5", "clip") if host else (), preset=request.model.preset)
         models.dit = dit
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
         models = random_models(request.model.preset, request.seed, dtype, device)

@@ -138,8 +138,8 @@ def test_lip_sync_offset_by_rate():
 def test_farm_conform_stores_lossless_windows_and_composites_at_the_stitch(tmp_path):
     """`run --conform`: the shot boxes are found once by the driver, the windows (crops) are
     stored as lossless FFV1, the stitch composites them into the source at its size and rate;
-    outside the mask the film is the source's; re-running resumes to the same bytes. (With the
-    tiny preset, generate cannot render a window's seed alone: its weights come from the seed.)"""
+    outside the mask the film is the source's; re-running resumes to the same bytes
+    (test_farm_equals_generate.py: the film of a one-window plan equals generate's)."""
     face = _face()
     frames = []
     for k in range(36):

@@ -56,7 +56,7 @@ def test_run_resume_and_rerender(job, monkeypatch):
     assert sorted(rendered) == [0, 1, 2]
     assert rendered[0] == 1  # longest first (#1 and #2 have 44/43 frames, #0 33)
     windows = Path(f"{out}.job") / "windows"
-    first = {p.name: p.read_bytes() for p in windows.glob("*.mp4")}
+    first = {p.name: p.read_bytes() for p in windows.glob("*.mkv")}
     assert len(first) == 3
     film = out.read_bytes()
 
@@ -67,11 +67,11 @@ def test_run_resume_and_rerender(job, monkeypatch):
     assert out.read_bytes() == film
 
     # A lost window is rendered again, alone, to the same bytes (its own seed): same film.
-    (windows / "00001.mp4").unlink()
+    (windows / "00001.mkv").unlink()
     assert main(["run", *args]) == 0
     assert rendered == [1]
     assert probe(out, decode=True)["frames"] == 100
-    assert (windows / "00001.mp4").read_bytes() == first["00001.mp4"]
+    assert (windows / "00001.mkv").read_bytes() == first["00001.mkv"]
     assert out.read_bytes() == film
 
 
@@ -81,3 +81,30 @@ def test_store_refuses_another_job(job, capsys):
         pytest.skip("needs the job of test_run_resume_and_rerender")
     assert main(["run", *args, "seed=7"]) == 1
     assert "holds a different job" in capsys.readouterr().err
+
+
+def test_window_codec(job, tmp_path, capsys):
+    # Windows are stored lossless by default (the film is encoded once); h264 is the small option.
+    import numpy as np
+
+    from infinitetalk_dist.errors import InputError
+    from infinitetalk_dist.farm.options import FarmOptions
+    from infinitetalk_dist.media import iter_video_frames
+
+    out, args = job
+    if not Path(f"{out}.job").exists():
+        pytest.skip("needs the job of test_run_resume_and_rerender")
+    assert {probe(p)["video_codec"] for p in (Path(f"{out}.job") / "windows").glob("*.mkv")} == {"ffv1"}
+    small = tmp_path / "small.mp4"
+    other = [small if a == str(out) else a for a in args]
+    assert main(["run", *map(str, other), "farm.window_codec=h264"]) == 0
+    kept = sorted((Path(f"{small}.job") / "windows").iterdir())
+    assert [p.suffix for p in kept] == [".mp4"] * 3 and probe(kept[0])["video_codec"] == "h264"
+    a = np.stack(list(iter_video_frames(out))).astype(int)
+    b = np.stack(list(iter_video_frames(small))).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() > 0  # one more generation of loss (9.5 on this noise)
+
+    assert main(["run", *args, "farm.window_codec=vp9"]) == 1
+    assert "farm.window_codec must be one of ffv1, h264, got 'vp9'" in capsys.readouterr().err
+    with pytest.raises(InputError, match="the composite needs lossless crops"):
+        FarmOptions(window_codec="h264").window_ext(conform=True)

@@ -142,7 +142,7 @@ def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, referenc
 def test_corrupted_window_is_rerendered(cluster, inputs, reference, tmp_path):
     out = tmp_path / "film.mp4"
     assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
-    victim = Path(f"{out}.job") / "windows" / "00002.mp4"
+    victim = Path(f"{out}.job") / "windows" / "00002.mkv"
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -353,8 +353,8 @@ def test_v2v_film_with_a_shot_cut_on_two_replicas(cluster, tmp_path):
     # window's first frame (re-encoded once), not to a blend of the two.
     film = _decode(out).astype(int)
     s, windows = shot["start"], Path(f"{out}.job") / "windows"
-    prev = _decode(windows / f"{shot['index'] - 1:05d}.mp4")[-1].astype(int)
-    first = _decode(windows / f"{shot['index']:05d}.mp4")[0].astype(int)
+    prev = _decode(windows / f"{shot['index'] - 1:05d}.mkv")[-1].astype(int)
+    first = _decode(windows / f"{shot['index']:05d}.mkv")[0].astype(int)
     own, other = np.abs(film[s] - first).mean(), np.abs(film[s] - prev).mean()
     before = np.abs(film[s - 1] - prev).mean()
     print(f"plan {cuts}; at the shot cut: |film - own window| {own:.2f}, |film - previous window| {other:.2f}")

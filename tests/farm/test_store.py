@@ -53,7 +53,7 @@ def test_round_trip_and_resume(url, tmp_path):
     assert store.done() == {0, 2}
     # no temporary files left behind
     names = [os.path.basename(p) for p in store.fs.ls(store._p("windows"), detail=False)]
-    assert sorted(names) == ["00000.mp4", "00002.mp4"]
+    assert sorted(names) == ["00000.mkv", "00002.mkv"]
 
     again = JobStore.create_or_open(url, PLAN, dict(SETTINGS), dict(INPUTS))  # resume
     assert again.done() == {0, 2}
@@ -62,7 +62,7 @@ def test_round_trip_and_resume(url, tmp_path):
     pairs = list((w.index, open(p, "rb").read()) for w, p in again.iter_windows(
         [type("W", (), {"index": 0})(), type("W", (), {"index": 2})()]))
     assert pairs == [(0, b"window zero" * 100), (2, b"window two" * 50)]
-    assert again.window_path(2).endswith("windows/00002.mp4")
+    assert again.window_path(2).endswith("windows/00002.mkv")
     with pytest.raises(StoreError, match="window 1"):
         with again.open_window(1):
             pass
@@ -83,7 +83,7 @@ def test_damaged_window_is_not_done(url, tmp_path, damage):
     else:
         store.fs.rm(path)
     reopened = JobStore.create_or_open(url, PLAN, SETTINGS, INPUTS)
-    with pytest.warns(UserWarning, match=r"window 1 file .*00001\.mp4"):
+    with pytest.warns(UserWarning, match=r"window 1 file .*00001\.mkv"):
         assert reopened.done() == {0}
     # re-rendering it makes it done again
     reopened.put_window(1, _file(tmp_path, "w1b.mp4", b"fresh"))
