@@ -23,7 +23,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cu130 torch==2.11.0
 WORKDIR /app
 COPY pyproject.toml README.md constraints-gpu.txt ./
 COPY infinitetalk_dist ./infinitetalk_dist
-RUN pip install -c constraints-gpu.txt '.[ray]'
+RUN pip install -c constraints-gpu.txt '.[ray,hopper]'
 # The launch scripts and the site/job config search path ($INFINITETALK_CONF) for mounted overrides.
 COPY launch ./launch
 COPY conf ./conf

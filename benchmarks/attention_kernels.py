@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dit_forward import rel_l2, timed  # noqa: E402
 
 from infinitetalk_dist.kernels.attention import attention  # noqa: E402
+from infinitetalk_dist.kernels.fa3 import fa3_attention, fa3_available  # noqa: E402
 from infinitetalk_dist.kernels.triton_attention import triton_attention  # noqa: E402
 from infinitetalk_dist.models.dit import dit_14b  # noqa: E402
 
@@ -79,6 +80,10 @@ def main(argv=None) -> None:
         flop = 4 * tokens * tokens * args.heads * args.dim
         kernels = {"flash2 (SDPA)": lambda: attention(q, k, v, backend="flash2"),
                    "cudnn (SDPA)": lambda: attention(q, k, v, backend="cudnn")}
+        if fa3_available():  # fa3-fwd: bf16, and fp8 with and without K smoothing
+            kernels["fa3 bf16"] = lambda: fa3_attention(q, k, v)
+            kernels["fa3 fp8 (one scale per head)"] = lambda: fa3_attention(q, k, v, fp8=True, smooth_k=False)
+            kernels["fa3 fp8 + K smoothing (fa3_fp8)"] = lambda: fa3_attention(q, k, v, fp8=True)
         for entry in filter(None, args.kernels.split(",")):
             precision, spec = entry.split(":")
             kernels[f"triton {precision} {spec}"] = lambda t=tile(spec), p=precision: triton_attention(

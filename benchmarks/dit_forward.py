@@ -8,6 +8,8 @@ Variants, applied cumulatively in this order to the same weights:
     flash2       FlashAttention-2 (PyTorch's), eager, no fusions: the reference-equivalent baseline
     sdpa         SDPA's own kernel choice (cuDNN attention on Hopper with torch 2.11), eager: our default
     compile      + torch.compile of every block (fuses the float32 modulation/norm/RoPE/gate chain)
+    fa3          + FlashAttention-3 bf16 (fa3-fwd; the Hopper default where installed)
+    fa3_fp8      + FlashAttention-3 with Q/K/V in fp8 e4m3 (K smoothed, one scale per head)
     fp8          + fp8 e4m3 row-scaled linear layers in the blocks (torch._scaled_mm)
     triton_int8  + our Triton attention with int8 Q/K (SageAttention's recipe), P V in bf16
     triton_fp8   + our Triton attention with Q/K/P/V in fp8 e4m3
@@ -40,7 +42,7 @@ from infinitetalk_dist.models.dit import dit_14b, dit_tiny  # noqa: E402
 from infinitetalk_dist.models.random_init import seeded  # noqa: E402
 from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, random_sharded_dit  # noqa: E402
 
-VARIANTS = ("flash2", "sdpa", "compile", "fp8", "triton_int8", "triton_fp8", "sage")
+VARIANTS = ("flash2", "sdpa", "compile", "fa3", "fa3_fp8", "fp8", "triton_int8", "triton_fp8", "sage")
 
 
 def matmul_peak(device: torch.device, n: int = 8192) -> dict[str, float]:
@@ -82,7 +84,7 @@ def count_flop(model, inputs) -> int:
 
 
 def apply(model, variant: str) -> None:
-    if variant in ("flash2", "sdpa", "cudnn", "sage", "triton_int8", "triton_fp8"):
+    if variant in ("flash2", "sdpa", "cudnn", "fa3", "fa3_fp8", "sage", "triton_int8", "triton_fp8"):
         model.set_attn_backend(variant)
     elif variant == "compile":
         compile_blocks(model)

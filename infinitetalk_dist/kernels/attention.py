@@ -3,8 +3,9 @@
 All models call :func:`attention` with ``[batch, seq, heads, head_dim]`` tensors (the layout
 Wan's reference code uses). ``sdpa`` (torch's scaled_dot_product_attention) is the default and
 runs on any device; faster backends are used only when their package imports and the inputs
-suit them. The choice is explicit: a model stores its backend name, or the
-``INFINITETALK_ATTENTION`` environment variable sets the process default.
+suit them. A model stores its backend name, or the ``INFINITETALK_ATTENTION`` environment
+variable sets the process default; ``auto`` (the default) is FlashAttention-3 (``fa3``,
+:mod:`.fa3`) for bf16 inputs on Hopper when ``fa3-fwd`` is installed, else ``sdpa``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .fa3 import fa3_attention, fa3_available, fa3_supports
 from .limits import MIN_HEAD_DIM_8BIT
 
-ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash2", "flash3", "sage", "triton_int8", "triton_fp8")
+ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flash2", "flash3", "fa3", "fa3_fp8", "sage", "triton_int8", "triton_fp8")
 _ENV = "INFINITETALK_ATTENTION"
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -60,6 +62,23 @@ def _flash3(q, k, v, mask, scale):
     return out[0] if isinstance(out, tuple) else out
 
 
+def _fa3(fp8: bool) -> Callable:
+    def run(q, k, v, mask, scale):
+        if mask is not None or not fa3_supports(q):
+            return _sdpa(q, k, v, mask, scale)
+        return fa3_attention(q, k, v, scale, fp8=fp8)
+
+    return run
+
+
+def _auto(q, k, v, mask, scale):
+    # Picked per call (eager callers that never resolved it); models resolve it once for their
+    # device (device_backend), so compiled blocks see a fixed kernel.
+    if mask is None and fa3_supports(q) and fa3_available(q.device):
+        return fa3_attention(q, k, v, scale)
+    return _sdpa(q, k, v, mask, scale)
+
+
 def _sage(q, k, v, mask, scale):
     from sageattention import sageattn  # 8-bit attention
 
@@ -93,15 +112,17 @@ def _triton(precision: str) -> Callable:
     return run
 
 
-_IMPL: dict[str, Callable] = {"sdpa": _sdpa, "cudnn": _cudnn, "flash2": _flash2, "flash3": _flash3, "sage": _sage,
+_IMPL: dict[str, Callable] = {"auto": _auto, "sdpa": _sdpa, "cudnn": _cudnn, "flash2": _flash2, "flash3": _flash3,
+                              "fa3": _fa3(False), "fa3_fp8": _fa3(True), "sage": _sage,
                               "triton_int8": _triton("int8"), "triton_fp8": _triton("fp8")}
-_PACKAGE = {"flash3": "flash_attn_interface", "sage": "sageattention", "triton_int8": "triton", "triton_fp8": "triton"}
+_PACKAGE = {"flash3": "flash_attn_interface", "fa3": "fa3_fwd_interface", "fa3_fp8": "fa3_fwd_interface",
+            "sage": "sageattention", "triton_int8": "triton", "triton_fp8": "triton"}
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
     """Backends usable on ``device`` in this process."""
     cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-    names = ["sdpa"]
+    names = ["auto", "sdpa"]
     if cuda:
         names += ["cudnn", "flash2"]
         names += [n for n, pkg in _PACKAGE.items() if importlib.util.find_spec(pkg) is not None]
@@ -109,14 +130,22 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 
 
 def resolve_backend(name: str | None = None) -> str:
-    """Validate a backend name; ``None``/``"auto"`` means the env default, else ``sdpa``."""
-    name = name or os.environ.get(_ENV) or "sdpa"
-    if name == "auto":
-        name = "sdpa"
+    """Validate a backend name; ``None`` means the env default, else ``auto`` (picked per call:
+    FlashAttention-3 where it runs, else SDPA)."""
+    name = name or os.environ.get(_ENV) or "auto"
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {ATTENTION_BACKENDS}")
     if name in _PACKAGE and importlib.util.find_spec(_PACKAGE[name]) is None:
         raise ValueError(f"attention backend {name!r} needs the package {_PACKAGE[name]!r}")
+    return name
+
+
+def device_backend(name: str | None, device: torch.device | str) -> str:
+    """:func:`resolve_backend`, with ``auto`` made concrete for ``device``: ``fa3`` on a Hopper
+    GPU with fa3-fwd installed, else ``sdpa`` (bf16-only kernels fall back per call)."""
+    name = resolve_backend(name)
+    if name == "auto":
+        name = "fa3" if fa3_available(device) else "sdpa"
     return name
 
 

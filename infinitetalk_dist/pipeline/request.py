@@ -204,7 +204,8 @@ class GenerateRequest:
     seed: int = 42
     """Seed of all noise (and of the tiny preset's weights)."""
     attention: str | None = None
-    """Attention kernel: null (sdpa: cuDNN on Hopper with torch >= 2.11) | sdpa | cudnn | flash2 | flash3 | sage | triton_int8 | triton_fp8."""
+    """Attention kernel: null/auto (fa3 on Hopper with fa3-fwd installed, else sdpa: cuDNN on Hopper with
+    torch >= 2.11) | sdpa | cudnn | flash2 | flash3 | fa3 | fa3_fp8 | sage | triton_int8 | triton_fp8."""
     compile: Any = "auto"
     """torch.compile the DiT blocks and the VAE: auto (on CUDA with one rank per replica) | true | false."""
     vae_dtype: str = "float32"

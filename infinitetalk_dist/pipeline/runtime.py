@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from infinitetalk_dist.errors import InputError
+from infinitetalk_dist.kernels import device_backend
 from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.weights import WeightsLayout
 from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, load_dit, parallelize_dit, predict_branches
@@ -51,13 +52,13 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
         lay.check()
         loras = [(lo.path, float(lo.strength)) for lo in request.model.loras]
         dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=device, loras=loras,
-                       attn_backend=request.attention, fsdp=fsdp)
+                       attn_backend=device_backend(request.attention, device), fsdp=fsdp)
         models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",),
                              host=("t5", "clip") if host else (), preset=request.model.preset)
         models.dit = dit
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
         models = random_models(request.model.preset, request.seed, dtype, device)
-        models.dit.set_attn_backend(request.attention)
+        models.dit.set_attn_backend(device_backend(request.attention, device))
         parallelize_dit(models.dit, state, fsdp=fsdp)
         if host:
             models.t5.cpu(), models.clip.cpu()

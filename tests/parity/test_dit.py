@@ -289,3 +289,37 @@ def test_dit_tiny_runs(speakers):
     err = rel_l2(out_bf16, out)
     record(f"dit_tiny ({speakers} speaker(s)) bf16 vs fp32: rel L2 = {err:.2e}")
     assert err < 2e-2
+
+
+@each_case("dit")
+@torch.no_grad()
+def test_dit_fp8_attention_error(case_name, monkeypatch):
+    """The fp8 FlashAttention-3 path's numbers (kernels/fa3.emulate_fp8: e4m3 Q/K/V, the
+    probabilities rounded to e4m3) in every self-attention of the golden DiT, on the CPU: the
+    error of each quantisation choice against the golden output, recorded and bounded. (On
+    these random weights K has no shared offset and V no outlier channel, so the choices tie
+    here; tests/test_fa3.py shows what each one fixes.)"""
+    from infinitetalk_dist.kernels.fa3 import emulate_fp8
+
+    c = case(case_name)
+    model, kw = _model(c), _inputs(c)
+    golden = tensors(c, "outputs.safetensors")["out"]
+    exact = dit_module.attention
+    errs = {}
+    for smooth_k, v_channels in [(False, False), (True, False), (False, True), (True, True)]:
+        def fp8_self(q, k, v, *, k_lens=None, scale=None, backend=None, _s=smooth_k, _v=v_channels):
+            if q.shape[1] != k.shape[1]:  # cross-attention (text / image keys) stays exact
+                return exact(q, k, v, k_lens=k_lens, scale=scale, backend=backend)
+            if isinstance(k_lens, int):
+                k, v = k[:, :k_lens], v[:, :k_lens]
+            elif k_lens is not None:
+                assert int(k_lens.min()) == k.shape[1], "padded self-attention is not emulated"
+            return emulate_fp8(q, k, v, scale, smooth_k=_s, v_channels=_v)
+
+        monkeypatch.setattr(dit_module, "attention", fp8_self)
+        errs[(smooth_k, v_channels)] = rel_l2(model(**kw), golden)
+    monkeypatch.setattr(dit_module, "attention", exact)
+    record(f"{case_name} out, fp8 attention (emulated): rel L2 per-head {errs[(False, False)]:.2e}, "
+           f"+K smoothing (fa3_fp8) {errs[(True, False)]:.2e}, +V per channel {errs[(False, True)]:.2e}, "
+           f"both {errs[(True, True)]:.2e}")
+    assert max(errs.values()) < 2e-2
