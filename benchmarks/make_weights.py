@@ -2,6 +2,7 @@
 
     python benchmarks/make_weights.py /tmp/itd-weights            # 14B, on the GPU, ~55 GB
     python benchmarks/make_weights.py /tmp/tiny --preset tiny --device cpu
+    python benchmarks/make_weights.py /tmp/itd-q --quant int8,fp8 --no-bf16-dit   # quant_models/ instead
 
 The folder is what a user passes as ``--weights``::
 
@@ -67,18 +68,57 @@ def _nbytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
     return sum(t.numel() for t in model.state_dict(keep_vars=True).values()) * torch.tensor([], dtype=dtype).element_size()
 
 
-def write_dit(root: Path, cfg, generator, dtype, *, official_config: bool) -> list[tuple[str, tuple]]:
-    """7 contiguous shards (by bytes) of the Wan keys + index, the InfiniteTalk file (audio keys).
-    Returns the 2-D ``blocks.*`` weights (LoRA targets) as (key, shape)."""
+def write_config(root: Path, cfg, *, official_config: bool) -> Path:
     from dataclasses import asdict
 
-    from infinitetalk_dist.models.dit import InfiniteTalkDiT
-
-    model = _meta(InfiniteTalkDiT, cfg)
     wan = root / W.WAN_DIR
     wan.mkdir(parents=True, exist_ok=True)
     config = WAN_CONFIG if official_config else {"_class_name": "WanModel", **asdict(cfg)}
     (wan / "config.json").write_text(json.dumps(config, indent=2))
+    return wan
+
+
+def quantize_rows(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """optimum-quanto's weight-only quantisation of one Linear weight (axis 0): per output row,
+    ``scale = absmax / 127`` (int8, rounded to nearest) or ``absmax / 448`` (fp8 e4m3), the scale
+    in the weight's dtype."""
+    qmax = 127.0 if kind == "int8" else float(torch.finfo(torch.float8_e4m3fn).max)
+    scale = (w.abs().amax(dim=1, keepdim=True) / qmax).clamp(min=torch.finfo(w.dtype).tiny)  # all-zero rows
+    q = w / scale
+    data = q.round().clamp(-128, 127).to(torch.int8) if kind == "int8" else q.clamp(-qmax, qmax).to(torch.float8_e4m3fn)
+    return data, scale
+
+
+def write_quant(root: Path, cfg, generator, kind: str, variant: str = "single") -> Path:
+    """The official quantised DiT file (quanto's format, every Linear quantised) and its map."""
+    from infinitetalk_dist.models.dit import InfiniteTalkDiT
+
+    model = _meta(InfiniteTalkDiT, cfg)
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    sd, qmap = {}, {}
+    for key, value in stream(model, generator, torch.bfloat16):
+        mod, _, leaf = key.rpartition(".")
+        if mod in linears and leaf == "weight":
+            sd[f"{mod}.weight._data"], sd[f"{mod}.weight._scale"] = quantize_rows(value, kind)
+            sd[f"{mod}.input_scale"], sd[f"{mod}.output_scale"] = torch.ones(()), torch.ones(())
+            qmap[mod] = {"weights": "qint8" if kind == "int8" else "qfloat8_e4m3fn", "activations": "none"}
+        else:
+            sd[key] = value
+    path = W.WeightsLayout(root, variant).quant_file(kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata={"format": "pt"})
+    path.with_suffix(".json").write_text(json.dumps(qmap))
+    print(f"  {path.relative_to(root)}: {len(qmap)} quantised Linear layers", flush=True)
+    return path
+
+
+def write_dit(root: Path, cfg, generator, dtype, *, official_config: bool) -> list[tuple[str, tuple]]:
+    """7 contiguous shards (by bytes) of the Wan keys + index, the InfiniteTalk file (audio keys).
+    Returns the 2-D ``blocks.*`` weights (LoRA targets) as (key, shape)."""
+    from infinitetalk_dist.models.dit import InfiniteTalkDiT
+
+    model = _meta(InfiniteTalkDiT, cfg)
+    wan = write_config(root, cfg, official_config=official_config)
     is_audio = lambda k: "audio" in k or ".norm_x." in k  # noqa: E731  (the InfiniteTalk file's keys)
     sizes = {k: t.numel() * 2 for k, t in model.state_dict(keep_vars=True).items() if not is_audio(k)}
     per_shard = math.ceil(sum(sizes.values()) / N_SHARDS)
@@ -213,8 +253,10 @@ def estimate_bytes(preset_name: str, lora_rank: int) -> int:
 
 
 def make_weights(root: Path, *, preset: str = "14b", device: str = "cuda", seed: int = 0, lora_rank: int = 64,
-                 multi_copy: bool = False) -> dict[str, float]:
-    """Write the folder; returns seconds per part."""
+                 multi_copy: bool = False, quant: tuple[str, ...] = (), bf16_dit: bool = True) -> dict[str, float]:
+    """Write the folder; returns seconds per part. ``quant``: also the official quantised DiT
+    files (``int8``, ``fp8``); ``bf16_dit=False``: those instead of the bf16 shards (and no
+    LoRA file): the 64 GB GPU disk holds the bf16 folder or the quantised one."""
     from infinitetalk_dist.models.clip import CLIPVisionEncoder
     from infinitetalk_dist.models.t5 import UMT5Encoder
     from infinitetalk_dist.models.vae import WanVAE
@@ -235,11 +277,17 @@ def make_weights(root: Path, *, preset: str = "14b", device: str = "cuda", seed:
         times[name] = time.perf_counter() - t0
         return out
 
-    targets = part("dit", lambda: write_dit(root, p.dit, g, torch.bfloat16, official_config=preset == "14b"))
-    multi = root / W.INFINITETALK_FILES["multi"]
-    multi.parent.mkdir(parents=True, exist_ok=True)
-    multi.unlink(missing_ok=True)
-    (shutil.copyfile if multi_copy else os.link)(root / W.INFINITETALK_FILES["single"], multi)
+    if bf16_dit:
+        targets = part("dit", lambda: write_dit(root, p.dit, g, torch.bfloat16, official_config=preset == "14b"))
+        multi = root / W.INFINITETALK_FILES["multi"]
+        multi.parent.mkdir(parents=True, exist_ok=True)
+        multi.unlink(missing_ok=True)
+        (shutil.copyfile if multi_copy else os.link)(root / W.INFINITETALK_FILES["single"], multi)
+    else:
+        write_config(root, p.dit, official_config=preset == "14b")
+        lora_rank = 0
+    for kind in quant:
+        part(f"dit {kind}", lambda kind=kind: write_quant(root, p.dit, g, kind))
     part("t5", lambda: write_pth(wan / W.T5_FILE, _meta(UMT5Encoder, p.t5), g, torch.bfloat16))
     part("clip", lambda: write_pth(wan / W.CLIP_FILE, _meta(CLIPVisionEncoder, p.clip), g, torch.float16,
                                    prefix="visual.", extra=_clip_extra(p.clip, g)))
@@ -248,7 +296,8 @@ def make_weights(root: Path, *, preset: str = "14b", device: str = "cuda", seed:
     part("tokenizer", lambda: write_tokenizer(wan / W.T5_TOKENIZER_DIR))
     if lora_rank:
         part("lora", lambda: write_lora(root / f"lightx2v_lora_rank{lora_rank}.safetensors", targets, lora_rank, g))
-    W.WeightsLayout(root).check()
+    lay = W.WeightsLayout(root)
+    lay.check(None if bf16_dit else lay.quant_file(quant[0]))
     return times
 
 
@@ -261,10 +310,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lora-rank", type=int, default=64, help="rank of the lightx2v-style LoRA file (0: none)")
     ap.add_argument("--multi-copy", action="store_true", help="write InfiniteTalk/multi as a copy, not a hard link")
+    ap.add_argument("--quant", default="", help="also write the official quantised DiT: int8, fp8 or int8,fp8")
+    ap.add_argument("--no-bf16-dit", action="store_true", help="only the quantised DiT files (saves ~31 GB of disk)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     times = make_weights(args.out, preset=args.preset, device=args.device, seed=args.seed, lora_rank=args.lora_rank,
-                         multi_copy=args.multi_copy)
+                         multi_copy=args.multi_copy, quant=tuple(filter(None, args.quant.split(","))),
+                         bf16_dit=not args.no_bf16_dit)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print("| part | seconds |\n|---|---:|")
     for name, sec in times.items():

@@ -70,7 +70,7 @@ def load_models(weights: str | Path, *, variant: str = "single", dtype: torch.dt
     from . import weights as W
 
     lay = W.WeightsLayout(Path(weights), variant)
-    lay.check()
+    lay.check(dit=False)  # the DiT comes from parallel.load_dit / load_quantized_dit
     arch = PRESETS[preset]()
     loaders = {
         "vae": lambda: W.load_vae(lay.vae, config=arch.vae, device=device),

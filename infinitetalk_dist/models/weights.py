@@ -7,6 +7,7 @@ Layout::
                            models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth
     chinese-wav2vec2-base/ transformers folder
     InfiniteTalk/single/infinitetalk.safetensors   (audio adapter, merged over the Wan shards)
+    InfiniteTalk/quant_models/infinitetalk_single_int8.safetensors + .json   (optional: --quant)
 
 The DiT is loaded by :func:`infinitetalk_dist.parallel.load_dit` (one process or each rank
 its own rows), from the config and files :func:`dit_config` and :func:`dit_sources` name.
@@ -31,6 +32,7 @@ WAN_DIR = "Wan2.1-I2V-14B-480P"
 WAV2VEC_DIR = "chinese-wav2vec2-base"
 INFINITETALK_FILES = {"single": "InfiniteTalk/single/infinitetalk.safetensors",
                       "multi": "InfiniteTalk/multi/infinitetalk.safetensors"}
+QUANT_DIR = "InfiniteTalk/quant_models"
 SHARD_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 VAE_FILE = "Wan2.1_VAE.pth"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -73,12 +75,22 @@ class WeightsLayout:
     def t5_tokenizer(self) -> Path:
         return self.wan / T5_TOKENIZER_DIR
 
-    def check(self) -> None:
-        """Raise one error listing every expected file or folder that is absent."""
-        need = [self.wan / "config.json", self.infinitetalk, self.vae, self.t5, self.clip,
-                self.wav2vec2 / "config.json"]
+    def quant_file(self, quant: str) -> Path:
+        """The official quantised DiT (``int8`` | ``fp8``) of this variant (its .json map beside it)."""
+        return self.root / QUANT_DIR / f"infinitetalk_{self.variant}_{quant}.safetensors"
+
+    def check(self, dit_file: Path | None = None, *, dit: bool = True) -> None:
+        """Raise one error listing every expected file or folder that is absent. ``dit_file``:
+        a quantised DiT that replaces the Wan shards and the InfiniteTalk file; ``dit=False``:
+        the other models' files only."""
+        need = [self.wan / "config.json", self.vae, self.t5, self.clip, self.wav2vec2 / "config.json"]
+        if dit and dit_file:
+            need += [dit_file, dit_file.with_name(dit_file.name.replace("safetensors", "json"))]
+        elif dit:
+            need.append(self.infinitetalk)
         missing = [str(p) for p in need if not p.exists()]
-        if not (self.wan / SHARD_INDEX).exists() and not list(self.wan.glob("diffusion_pytorch_model*.safetensors")):
+        if dit and dit_file is None and not (self.wan / SHARD_INDEX).exists() and not list(
+                self.wan.glob("diffusion_pytorch_model*.safetensors")):
             missing.append(str(self.wan / "diffusion_pytorch_model-*.safetensors"))
         if missing:
             raise CheckpointError(f"weights folder {self.root} is incomplete; missing: {', '.join(missing)}")

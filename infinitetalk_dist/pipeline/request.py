@@ -50,12 +50,22 @@ class ModelOptions:
     """InfiniteTalk adapter file: single | multi."""
     loras: list[LoraSpec] = field(default_factory=list)
     """LoRAs merged into the DiT at load: [{path: ..., strength: 1.0}]."""
+    quant: str | None = None
+    """int8 | fp8: the official optimum-quanto DiT (InfiniteTalk/quant_models/infinitetalk_<variant>_<quant>.safetensors
+    + its .json map; the *_lora files have the LoRA merged); null: the bf16 shards."""
+    quant_file: str | None = None
+    """The quantised DiT file (the official --quant_dir); null: the one in the weights folder."""
 
     def __post_init__(self):
         if self.preset not in ("tiny", "14b"):
             raise InputError(f"model.preset must be tiny or 14b, got {self.preset!r}")
         if self.variant not in ("single", "multi"):
             raise InputError(f"model.variant must be single or multi, got {self.variant!r}")
+        if self.quant not in (None, "int8", "fp8"):
+            raise InputError(f"model.quant must be int8 or fp8, got {self.quant!r}")
+        if (self.quant or self.quant_file) and self.loras:
+            raise InputError("a LoRA cannot be merged into the quantised DiT: use the official quantised file with "
+                             "it merged (quant_models/infinitetalk_<variant>_<quant>_lora.safetensors, model.quant_file)")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from infinitetalk_dist.kernels import device_backend
 from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.weights import WeightsLayout
 from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, load_dit, parallelize_dit, predict_branches
+from infinitetalk_dist.parallel.load_quant import load_quantized_dit
 
 from .encoders import host_resident, pin_
 from .request import GenerateRequest, torch_dtype
@@ -49,10 +50,18 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
     host = host_resident(request.encoders, device)  # T5 and CLIP kept in host memory (pipeline/encoders.py)
     if request.model.weights:
         lay = WeightsLayout(Path(request.model.weights), request.model.variant)
-        lay.check()
-        loras = [(lo.path, float(lo.strength)) for lo in request.model.loras]
-        dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=device, loras=loras,
-                       attn_backend=device_backend(request.attention, device), fsdp=fsdp)
+        quant = request.model.quant
+        quant_file = Path(request.model.quant_file) if request.model.quant_file else (
+            lay.quant_file(quant) if quant else None)
+        lay.check(quant_file)
+        backend = device_backend(request.attention, device)
+        if quant_file:  # the official optimum-quanto file: 8-bit weights kept
+            dit = load_quantized_dit(lay.wan, quant_file, state, dtype=dtype, device=device, attn_backend=backend,
+                                     fsdp=fsdp)
+        else:
+            loras = [(lo.path, float(lo.strength)) for lo in request.model.loras]
+            dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=device, loras=loras,
+                           attn_backend=backend, fsdp=fsdp)
         models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",),
                              host=("t5", "clip") if host else (), preset=request.model.preset)
         models.dit = dit
