@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # Request fields that say how a job runs, not what it renders: left out of the stored settings
 # so a job can be resumed elsewhere (another device, attention backend, output name, parallelism).
 _EXECUTION_KEYS = ("output", "progress", "timings", "device", "attention", "compile", "parallel",
-                  "encoders")
+                  "encoders", "offload")
 _INPUT_FILES = ("image", "video", "audio", "audio2", "demo_dir")
 
 

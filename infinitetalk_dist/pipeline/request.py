@@ -204,6 +204,18 @@ class ParallelOptions:
 
 
 @dataclass
+class OffloadOptions:
+    dit_resident_blocks: int | None = None
+    """Keep this many DiT blocks on the GPU and stream the others from pinned host memory, one
+    block ahead on a side stream (the official num_persistent_param_in_dit, in blocks; 0: stream
+    all 40); null: every block resident."""
+
+    def __post_init__(self):
+        if self.dit_resident_blocks is not None and self.dit_resident_blocks < 0:
+            raise InputError(f"offload.dit_resident_blocks must be >= 0, got {self.dit_resident_blocks}")
+
+
+@dataclass
 class GenerateRequest:
     """One render: inputs, model, sampler and how this process runs it."""
 
@@ -242,6 +254,8 @@ class GenerateRequest:
     """One replica over N processes (torchrun, or a farm replica of N GPUs)."""
     conform: ConformOptions = field(default_factory=ConformOptions)
     """Studio dubbing of a source video (only the face changes)."""
+    offload: OffloadOptions = field(default_factory=OffloadOptions)
+    """What stays off the GPU between uses (DiT blocks; T5/CLIP: ``encoders``)."""
 
     def __post_init__(self):
         from infinitetalk_dist.kernels import ATTENTION_BACKENDS

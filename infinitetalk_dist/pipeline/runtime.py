@@ -18,6 +18,7 @@ from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.weights import WeightsLayout
 from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, load_dit, parallelize_dit, predict_branches
 from infinitetalk_dist.parallel.load_quant import load_quantized_dit
+from infinitetalk_dist.parallel.offload import offload_blocks
 
 from .encoders import host_resident, pin_
 from .request import GenerateRequest, torch_dtype
@@ -46,6 +47,8 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
     ``vae_dtype`` (float32 by default; bfloat16 halves its time on a GPU)."""
     device, dtype = torch.device(request.device), torch_dtype(request.dtype)
     state = state or ParallelState.single(device)
+    # Streamed blocks are loaded into host memory first: the DiT need not fit on the card once.
+    dit_device = torch.device("cpu") if request.offload.dit_resident_blocks is not None else device
     fsdp = request.parallel.fsdp
     host = host_resident(request.encoders, device)  # T5 and CLIP kept in host memory (pipeline/encoders.py)
     if request.model.weights:
@@ -56,11 +59,11 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
         lay.check(quant_file)
         backend = device_backend(request.attention, device)
         if quant_file:  # the official optimum-quanto file: 8-bit weights kept
-            dit = load_quantized_dit(lay.wan, quant_file, state, dtype=dtype, device=device, attn_backend=backend,
-                                     fsdp=fsdp)
+            dit = load_quantized_dit(lay.wan, quant_file, state, dtype=dtype, device=dit_device,
+                                     attn_backend=backend, fsdp=fsdp)
         else:
             loras = [(lo.path, float(lo.strength)) for lo in request.model.loras]
-            dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=device, loras=loras,
+            dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=dit_device, loras=loras,
                            attn_backend=backend, fsdp=fsdp)
         models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",),
                              host=("t5", "clip") if host else (), preset=request.model.preset)
@@ -93,6 +96,11 @@ def speed_up(request: GenerateRequest, models: Models, world: int = 1) -> Models
         compile_blocks(models.dit)
         models.vae.encoder.compile()
         models.vae.decoder.compile()
+    if request.offload.dit_resident_blocks is not None:  # after compile: the streaming stays outside it
+        try:
+            offload_blocks(models.dit, request.offload.dit_resident_blocks, request.device)
+        except ValueError as e:
+            raise InputError(str(e)) from None
     return models
 
 
