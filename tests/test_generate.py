@@ -169,4 +169,4 @@ def test_timings_report(tmp_path):
     assert {"inputs", "load", "wav2vec2", "t5", "clip", "vae_encode", "dit", "vae_decode", "mux"} <= set(report["stages"])
     assert report["frames"] == 75 and report["output_s"] == 3.0 and report["dit_calls"] == 2  # one batched call a step
     assert abs(sum(report["stages"].values()) - report["wall_s"]) < 0.01
-    assert report["gpu_s_per_output_s"] == round(report["wall_s"] / 3.0, 2)
+    assert abs(report["gpu_s_per_output_s"] - report["wall_s"] / 3.0) <= 0.006  # both rounded in the report

@@ -76,6 +76,6 @@ def load_models(weights: str | Path, *, variant: str = "single", dtype: torch.dt
         "vae": lambda: W.load_vae(lay.vae, config=arch.vae, device=device),
         "clip": lambda: W.load_clip(lay.clip, config=arch.clip, device="cpu" if "clip" in host else device),
         "t5": lambda: W.load_t5(lay.t5, config=arch.t5, dtype=dtype, device="cpu" if "t5" in host else device),
-        "wav2vec2": lambda: W.load_wav2vec2(lay.wav2vec2, device=device),
+        "wav2vec2": lambda: W.load_wav2vec2(lay.wav2vec2, device="cpu" if "wav2vec2" in host else device),
     }
     return Models(arch, dit=None, **{name: None if name in skip else load() for name, load in loaders.items()})

@@ -1,8 +1,9 @@
-"""Where the conditioning encoders (umt5-xxl T5, CLIP ViT-H) live between their calls: ``encoders=``.
+"""Where the conditioning encoders (umt5-xxl T5, CLIP ViT-H, wav2vec2) live between their calls: ``encoders=``.
 
-T5 runs once per distinct prompt (a job has two: the prompt and the negative prompt) and CLIP
-once per chunk, while the DiT and the VAE peak for the whole render. Keeping them resident
-costs ~13 GB of GPU memory (T5 11.4 GB bf16, CLIP 2.5 GB fp32) at that peak for nothing:
+T5 runs once per distinct prompt (a job has two: the prompt and the negative prompt), CLIP
+once per chunk and wav2vec2 once per window, while the DiT and the VAE peak for the whole
+render. Keeping them resident costs ~14 GB of GPU memory (T5 11.4 GB bf16, CLIP 2.5 GB fp32,
+wav2vec2 0.4 GB) at that peak for nothing:
 
     gpu      resident on the GPU (the fastest; the most memory)
     offload  (default) weights in pinned host memory, copied to the GPU for each call and

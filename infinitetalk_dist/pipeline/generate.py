@@ -114,8 +114,8 @@ def render_frames(models: Models, request: GenerateRequest, reference: Reference
     if request.sampler.teacache:
         predict = None
     with torch.inference_mode():
-        with maybe_stage(timer, "wav2vec2"):
-            audio = [audio_features(track, models.wav2vec2, device=device) for track in tracks]
+        with maybe_stage(timer, "wav2vec2"), placed(models.wav2vec2, device, request.encoders) as run:
+            audio = [audio_features(track, models.wav2vec2, device=run).to(device) for track in tracks]
         prompts = prompts or PromptEncoder(models.t5, tokenizer(request, models), device=device,
                                            mode=request.encoders)
         dtype = models.dit_dtype

@@ -66,16 +66,16 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
             dit = load_dit(lay.wan, lay.infinitetalk, state, dtype=dtype, device=dit_device, loras=loras,
                            attn_backend=backend, fsdp=fsdp)
         models = load_models(lay.root, variant=lay.variant, dtype=dtype, device=device, skip=("dit",),
-                             host=("t5", "clip") if host else (), preset=request.model.preset)
+                             host=("t5", "clip", "wav2vec2") if host else (), preset=request.model.preset)
         models.dit = dit
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
         models = random_models(request.model.preset, request.seed, dtype, device)
         models.dit.set_attn_backend(device_backend(request.attention, device))
         parallelize_dit(models.dit, state, fsdp=fsdp)
         if host:
-            models.t5.cpu(), models.clip.cpu()
+            models.t5.cpu(), models.clip.cpu(), models.wav2vec2.cpu()
     if host and request.encoders == "offload":
-        pin_(models.t5), pin_(models.clip)
+        pin_(models.t5), pin_(models.clip), pin_(models.wav2vec2)
     vae_dtype = torch_dtype(request.vae_dtype)
     if vae_dtype != torch.float32:
         models.vae.to(vae_dtype)
