@@ -132,7 +132,7 @@ def render_frames(models: Models, request: GenerateRequest, reference: Reference
                 speakers=len(audio), bboxes=request.input.boxes).to(device),
         )
         components = components_from_models(models.dit, models.vae, _clip_at(models, device, request.encoders),
-                                            predict)
+                                            predict, vae_tiling=request.vae_tiling)
         if timer is not None:
             components = Components(dit=timer.wrap("dit", components.dit), clip=timer.wrap("clip", components.clip),
                                     vae_encode=timer.wrap("vae_encode", components.vae_encode),

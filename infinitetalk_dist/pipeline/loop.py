@@ -25,6 +25,7 @@ from infinitetalk_dist import timeline
 from .color import match_and_blend_colors
 from .conditioning import audio_windows
 from .sampler import GuidanceState, combine_guidance, euler_step, guidance_branches, timesteps
+from .vae_tiles import vae_calls
 
 __all__ = [
     "Components",
@@ -58,14 +59,17 @@ class Components:
     predict: Callable[[list[dict]], list[torch.Tensor]] | None = None
 
 
-def components_from_models(dit, vae, clip, predict=None) -> Components:
+def components_from_models(dit, vae, clip, predict=None, vae_tiling: str = "off") -> Components:
     """:class:`Components` over our real ``InfiniteTalkDiT``, ``WanVAE`` and ``CLIPVisionEncoder``
-    (``predict``: an optional all-branches-at-once DiT call, see :class:`Components`)."""
+    (``predict``: an optional all-branches-at-once DiT call, see :class:`Components`;
+    ``vae_tiling``: :func:`~.vae_tiles.vae_calls`)."""
+
 
     def run_dit(x, t, context, clip_fea, y, audio, ref_target_masks):
         return dit(x, t, context, clip_fea, y, audio, ref_target_masks=ref_target_masks)
 
-    return Components(dit=run_dit, vae_encode=vae.encode, vae_decode=vae.decode, clip=clip, predict=predict)
+    encode, decode = vae_calls(vae, vae_tiling)
+    return Components(dit=run_dit, vae_encode=encode, vae_decode=decode, clip=clip, predict=predict)
 
 
 @dataclass

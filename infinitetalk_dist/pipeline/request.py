@@ -232,6 +232,8 @@ class GenerateRequest:
     """torch.compile the DiT blocks and the VAE: auto (on CUDA with one rank per replica) | true | false."""
     vae_dtype: str = "float32"
     """float32 (TF32 convs on GPUs) | bfloat16 (VAE ~1.7x faster on an H100, rel L2 2e-2)."""
+    vae_tiling: str = "auto"
+    """VAE in spatial tiles: auto (whole; tiles only after a CUDA out-of-memory, not exact) | on | off."""
     encoders: str = "offload"
     """T5 and CLIP between their calls: offload (host memory, on the GPU per call) | gpu (resident) | cpu (run there)."""
     fp8: bool = False
@@ -264,6 +266,8 @@ class GenerateRequest:
         torch_dtype(self.vae_dtype)
         if self.compile not in (True, False, "auto", None):
             raise InputError(f"compile must be auto, true or false, got {self.compile!r}")
+        if self.vae_tiling not in ("auto", "on", "off"):
+            raise InputError(f"vae_tiling must be auto, on or off, got {self.vae_tiling!r}")
         if self.encoders not in ENCODER_MODES:
             raise InputError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
         if self.size not in SIZES:
