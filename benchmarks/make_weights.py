@@ -261,6 +261,8 @@ def make_weights(root: Path, *, preset: str = "14b", device: str = "cuda", seed:
     from infinitetalk_dist.models.t5 import UMT5Encoder
     from infinitetalk_dist.models.vae import WanVAE
 
+    if not bf16_dit and not quant:
+        raise SystemExit("make_weights: without the bf16 DiT, name the quantised ones (--quant int8,fp8)")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     need, free = estimate_bytes(preset, lora_rank), shutil.disk_usage(root).free
