@@ -358,6 +358,7 @@ def test_v2v_film_with_a_shot_cut_on_two_replicas(cluster, tmp_path):
     own, other = np.abs(film[s] - first).mean(), np.abs(film[s] - prev).mean()
     before = np.abs(film[s - 1] - prev).mean()
     print(f"plan {cuts}; at the shot cut: |film - own window| {own:.2f}, |film - previous window| {other:.2f}")
-    # Noise-like tiny frames: the film's one H.264 generation from the lossless windows costs ~10
-    # levels here; a blend of the two windows would sit near half of |film - previous| (~31).
-    assert own < 16 and before < 16 and other > 4 * max(own, 1.0)
+    # Noise-like tiny frames: the film's one H.264 generation from the lossless windows costs
+    # 10-18 levels here (18 on the B-frame before the cut); a blend of the two windows would sit
+    # near half of |film - previous| (~31), the other window at ~63.
+    assert own < 24 and before < 24 and other > 4 * max(own, 1.0)
