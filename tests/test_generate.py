@@ -170,3 +170,33 @@ def test_timings_report(tmp_path):
     assert report["frames"] == 75 and report["output_s"] == 3.0 and report["dit_calls"] == 2  # one batched call a step
     assert abs(sum(report["stages"].values()) - report["wall_s"]) < 0.01
     assert abs(report["gpu_s_per_output_s"] - report["wall_s"] / 3.0) <= 0.006  # both rounded in the report
+
+
+def test_device_and_seed_errors(tmp_path, capsys, demo):
+    import torch
+
+    image, audio = demo
+    inputs = ["--image", str(image), "--audio", str(audio)]
+    if not torch.cuda.is_available():
+        _bad(tmp_path, capsys, [*inputs, "--device", "cuda"], "sees no CUDA GPU")
+    _bad(tmp_path, capsys, [*inputs, "--seed", "-2"], "seed must be >= 0 (or -1 for a random one), got -2")
+
+
+def test_seed_minus_one_is_random_and_logged(tmp_path, caplog, demo):
+    import logging
+
+    image, audio = demo
+    out = tmp_path / "r.mp4"
+    with caplog.at_level(logging.WARNING):
+        assert main(["generate", "--image", str(image), "--audio", str(audio), "--seed", "-1", "-o", str(out),
+                     *FAST]) == 0
+    seeds = [int(r.getMessage().split("seed=")[2].split()[0]) for r in caplog.records if "seed=-1" in r.getMessage()]
+    assert len(seeds) == 1 and 0 <= seeds[0] < 2**31 and out.stat().st_size > 0
+
+
+def test_official_size_names():
+    from infinitetalk_dist.pipeline.request import GenerateRequest
+
+    r = GenerateRequest(size="infinitetalk-720")
+    assert r.size == r.size_table == "720"  # and so shift 11, the 720p default (the official check missed it)
+    assert GenerateRequest(size="infinitetalk-480").size_table == "480"

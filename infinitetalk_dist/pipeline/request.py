@@ -23,6 +23,7 @@ __all__ = ["DTYPES", "ConformOptions", "GenerateRequest", "InputOptions", "LoraS
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 SIZES = ("auto", "tiny", "480", "720")
+SIZE_ALIASES = {"infinitetalk-480": "480", "infinitetalk-720": "720"}  # the official --size names
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -224,7 +225,7 @@ class GenerateRequest:
     dtype: str = "float32"
     """float32 | bfloat16 (DiT, T5, wav2vec2; the VAE follows vae_dtype, CLIP stays float32)."""
     seed: int = 42
-    """Seed of all noise (and of the tiny preset's weights)."""
+    """Seed of all noise (and of the tiny preset's weights); -1: a random one, logged (as the official --base_seed -1)."""
     attention: str | None = None
     """Attention kernel: null/auto (fa3 on Hopper with fa3-fwd installed, else sdpa: cuDNN on Hopper with
     torch >= 2.11) | sdpa | cudnn | flash2 | flash3 | fa3 | fa3_fp8 | sage | triton_int8 | triton_fp8."""
@@ -243,7 +244,7 @@ class GenerateRequest:
     timings: bool = False
     """Time every stage (CUDA-synchronised) and write <output>.timings.json (GPU-s per output s)."""
     size: str = "auto"
-    """Bucket table: auto (tiny preset: tiny, else 480) | tiny | 480 | 720."""
+    """Bucket table: auto (tiny preset: tiny, else 480) | tiny | 480 | 720 (also infinitetalk-480 | infinitetalk-720)."""
     output: str = "outputs/infinitetalk.mp4"
     """The output MP4 (written atomically)."""
     input: InputOptions = field(default_factory=InputOptions)
@@ -264,12 +265,22 @@ class GenerateRequest:
 
         torch_dtype(self.dtype)
         torch_dtype(self.vae_dtype)
+        if self.seed == -1:
+            import logging
+            import secrets
+
+            self.seed = secrets.randbelow(2**31)
+            logging.getLogger(__name__).warning("seed=-1: rendering with seed=%d (pass it to render the same again)",
+                                                self.seed)
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be >= 0 (or -1 for a random one), got {self.seed}")
         if self.compile not in (True, False, "auto", None):
             raise InputError(f"compile must be auto, true or false, got {self.compile!r}")
         if self.vae_tiling not in ("auto", "on", "off"):
             raise InputError(f"vae_tiling must be auto, on or off, got {self.vae_tiling!r}")
         if self.encoders not in ENCODER_MODES:
             raise InputError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
+        self.size = SIZE_ALIASES.get(self.size, self.size)  # so 720p picks shift 11 by either name
         if self.size not in SIZES:
             raise InputError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if self.attention is not None and self.attention not in (*ATTENTION_BACKENDS, "auto"):

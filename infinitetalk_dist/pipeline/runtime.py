@@ -46,6 +46,11 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
     sharded / sequence-parallel as ``state`` says, the other models whole. The VAE runs in
     ``vae_dtype`` (float32 by default; bfloat16 halves its time on a GPU)."""
     device, dtype = torch.device(request.device), torch_dtype(request.dtype)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={request.device}, but this process sees no CUDA GPU "
+                         f"(torch {torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'}): use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device={request.device}, but this process sees {torch.cuda.device_count()} GPU(s)")
     state = state or ParallelState.single(device)
     # Streamed blocks are loaded into host memory first: the DiT need not fit on the card once.
     dit_device = torch.device("cpu") if request.offload.dit_resident_blocks is not None else device
