@@ -22,9 +22,10 @@ import time
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infinitetalk_dist.errors import InfiniteTalkError
+from infinitetalk_dist.errors import InfiniteTalkError, InputError
 
 from .config import Config, compose, to_config
+from .official import input_json_values
 
 # flag -> (config path, type, help). Values are set on the composed config after overrides.
 GENERATE_FLAGS = {
@@ -222,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--face-box", nargs=4, type=float, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
                            help="conform: the speaker's box in source pixels [input.face_box]")
             p.add_argument("--keep-tracks", action="store_true", help="conform: also carry the source's audio tracks")
+            p.add_argument("--input_json", "--input-json", dest="input_json", metavar="FILE",
+                           help="the official tool's input JSON (prompt, cond_video, cond_audio, audio_type, bbox); "
+                                "flags given too win")
             p.add_argument("-o", dest="--output", metavar="OUT", help="output file (same as --output)")
             p.add_argument("--no-progress", action="store_true", help="no progress bar")
             for flag, (path, type_, help_) in GENERATE_FLAGS.items():
@@ -238,6 +242,8 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
         groups.append("model=14b")  # --weights --preset tiny: a folder written at the tiny shapes
     if flags.get("sampler"):
         groups.append(f"sampler={flags['sampler']}")
+    if flags.get("input_json"):
+        values.update(input_json_values(flags["input_json"]))
     for flag, (path, _, _) in GENERATE_FLAGS.items():
         if flags.get(flag) is not None:
             values[path] = flags[flag]
@@ -292,6 +298,9 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = configure(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # Hydra/OmegaConf override errors: one line, no traceback
         print("error: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2
