@@ -62,3 +62,37 @@ def test_input_json_errors(folder, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_the_official_command_line(folder, tmp_path, capsys):
+    """The issue's command: the official flags with their meaning, --save_file NAME -> NAME.mp4,
+    the three official folders read as one weights folder (a tiny one in the official layout)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from make_weights import make_weights
+
+    root = tmp_path / "weights"
+    make_weights(root, preset="tiny", device="cpu", lora_rank=2)
+    spec = _write(folder, "single_example_image.json", {"prompt": "A woman is talking.", "cond_video": "face.png",
+                                                        "cond_audio": {"person1": "speech.wav"}})
+    official = ["--ckpt_dir", str(root / "Wan2.1-I2V-14B-480P"), "--wav2vec_dir", str(root / "chinese-wav2vec2-base"),
+                "--infinitetalk_dir", str(root / "InfiniteTalk/single/infinitetalk.safetensors"),
+                "--input_json", str(spec), "--sample_steps", "1", "--mode", "streaming", "--motion_frame", "5",
+                "--frame_num", "17", "--sample_text_guide_scale", "1.0", "--base_seed", "7",
+                "--lora_dir", str(root / "lightx2v_lora_rank2.safetensors"), "--lora_scale", "1.0",
+                "--save_file", str(tmp_path / "infinitetalk_res")]
+    tiny = ["--preset", "tiny", "--size", "tiny", "--no-progress"]
+    assert main(["generate", *official, *tiny, "--cfg"]) == 0
+    cfg = capsys.readouterr().out
+    for want in ("steps: 1", "motion_frame: 5", "frame_num: 17", "text_scale: 1.0", "seed: 7",
+                 f"weights: {root}", "lightx2v_lora_rank2", "infinitetalk_res.mp4"):
+        assert want in cfg, want
+    assert main(["generate", *official, *tiny]) == 0
+    assert (tmp_path / "infinitetalk_res.mp4").stat().st_size > 0
+    bad = ["--ckpt_dir", str(root / "Wan2.1-I2V-14B-480P"), "--infinitetalk_dir", str(tmp_path / "elsewhere.safetensors")]
+    assert main(["generate", *bad, *tiny, "-o", str(tmp_path / "n.mp4")]) == 1
+    assert "one weights folder holds all three" in capsys.readouterr().err
+    assert main(["generate", "--lora_dir", "a.safetensors", "b.safetensors", "--lora_scale", "1.0", *tiny]) == 1
+    assert "1 value(s) for 2 --lora_dir" in capsys.readouterr().err

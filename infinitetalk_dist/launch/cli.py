@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from infinitetalk_dist.errors import InfiniteTalkError, InputError
 
 from .config import Config, compose, to_config
-from .official import input_json_values
+from .official import add_official_flags, input_json_values, official_values
 
 # flag -> (config path, type, help). Values are set on the composed config after overrides.
 GENERATE_FLAGS = {
@@ -231,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
             for flag, (path, type_, help_) in GENERATE_FLAGS.items():
                 p.add_argument(flag, dest=flag, type=type_, metavar=path.split(".")[-1].upper(),
                                help=f"{help_} [{path}]")
+            add_official_flags(p)
     return parser
 
 
@@ -238,12 +239,14 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
     """Group choices become Hydra overrides; plain flags become (path -> value) updates."""
     groups, values = [], {}
     flags = vars(args)
-    if flags.get("preset") == "14b" or (flags.get("--weights") and flags.get("preset") != "tiny"):
+    if flags.get("preset") == "14b" or ((flags.get("--weights") or flags.get("ckpt_dir"))
+                                        and flags.get("preset") != "tiny"):
         groups.append("model=14b")  # --weights --preset tiny: a folder written at the tiny shapes
     if flags.get("sampler"):
         groups.append(f"sampler={flags['sampler']}")
     if flags.get("input_json"):
         values.update(input_json_values(flags["input_json"]))
+    values.update(official_values(flags))  # ours, given too, win (set below)
     for flag, (path, _, _) in GENERATE_FLAGS.items():
         if flags.get(flag) is not None:
             values[path] = flags[flag]

@@ -67,3 +67,88 @@ def input_json_values(path: str | Path) -> dict[str, object]:
     if "bbox" in doc:
         values["input.bbox"] = doc["bbox"]
     return values
+
+
+# The official generate_infinitetalk.py flags -> our config paths (same meaning, same units).
+OFFICIAL_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--sample_steps": ("sampler.steps", int, "sampling steps"),
+    "--sample_shift": ("sampler.shift", float, "timestep shift"),
+    "--sample_text_guide_scale": ("sampler.text_scale", float, "text guidance scale"),
+    "--sample_audio_guide_scale": ("sampler.audio_scale", float, "audio guidance scale"),
+    "--frame_num": ("sampler.frame_num", int, "frames per chunk (4n+1)"),
+    "--max_frame_num": ("sampler.max_frames", int, "stop after this many frames"),
+    "--motion_frame": ("sampler.motion_frame", int, "frames carried between chunks"),
+    "--base_seed": ("seed", int, "seed (-1: random, logged)"),
+    "--color_correction_strength": ("sampler.color_correction", float, "colour matching to the reference, 0..1"),
+    "--teacache_thresh": ("sampler.teacache_thresh", float, "TeaCache threshold"),
+    "--quant_dir": ("model.quant_file", str, "the quantised DiT file"),
+}
+OFFICIAL_SWITCHES = {"--use_teacache": ("sampler.teacache", True), "--use_apg": ("sampler.apg", True),
+                     "--t5_cpu": ("encoders", "cpu")}
+
+
+def add_official_flags(parser) -> None:
+    """The official tool's flags, in their own group of ``--help``."""
+    g = parser.add_argument_group("official InfiniteTalk flags (same meaning)")
+    for flag, (path, type_, help_) in OFFICIAL_FLAGS.items():
+        g.add_argument(flag, dest=flag, type=type_, metavar="V", help=f"{help_} [{path}]")
+    for flag, (path, _) in OFFICIAL_SWITCHES.items():
+        g.add_argument(flag, dest=flag, action="store_true", help=f"[{path}]")
+    g.add_argument("--mode", choices=["clip", "streaming"], help="clip: one chunk; streaming: the whole audio (default)")
+    g.add_argument("--save_file", metavar="NAME", help="output name without extension (.mp4 added)")
+    g.add_argument("--lora_dir", nargs="+", metavar="FILE", help="LoRA files (with --lora_scale, one each)")
+    g.add_argument("--lora_scale", nargs="+", type=float, metavar="S", help="their strengths (default 1.0 each)")
+    g.add_argument("--ckpt_dir", metavar="DIR", help="Wan2.1-I2V-14B-480P folder (with the two below: the weights folder)")
+    g.add_argument("--wav2vec_dir", metavar="DIR", help="chinese-wav2vec2-base folder")
+    g.add_argument("--infinitetalk_dir", metavar="FILE", help="InfiniteTalk/single|multi/infinitetalk.safetensors")
+    g.add_argument("--offload_model", metavar="BOOL", help="accepted; models already leave the GPU (encoders=offload)")
+
+
+def official_values(flags: dict) -> dict[str, object]:
+    """Config path -> value for the official flags present in ``flags`` (argparse's dict)."""
+    values: dict[str, object] = {}
+    for flag, (path, _, _) in OFFICIAL_FLAGS.items():
+        if flags.get(flag) is not None:
+            values[path] = flags[flag]
+    for flag, (path, value) in OFFICIAL_SWITCHES.items():
+        if flags.get(flag):
+            values[path] = value
+    if flags.get("mode") == "clip":
+        values["sampler.max_frames"] = values.get("sampler.frame_num", 81)
+    if flags.get("save_file"):
+        name = Path(flags["save_file"])
+        values["output"] = str(name if name.suffix.lower() in (".mp4", ".mov", ".mkv") else f"{name}.mp4")
+    if flags.get("lora_dir"):
+        scales = flags.get("lora_scale") or [1.0] * len(flags["lora_dir"])
+        if len(scales) != len(flags["lora_dir"]):
+            raise InputError(f"--lora_scale: {len(scales)} value(s) for {len(flags['lora_dir'])} --lora_dir file(s)")
+        values["model.loras"] = [{"path": p, "strength": float(s)} for p, s in zip(flags["lora_dir"], scales)]
+    dirs = {k: flags.get(k) for k in ("ckpt_dir", "wav2vec_dir", "infinitetalk_dir")}
+    if any(dirs.values()):
+        values.update(_weights_root(dirs))
+    return values
+
+
+def _weights_root(dirs: dict) -> dict[str, object]:
+    """The three official paths as our one weights folder (they must share its layout)."""
+    from infinitetalk_dist.models import weights as W
+
+    if not dirs["ckpt_dir"]:
+        raise InputError("--wav2vec_dir / --infinitetalk_dir need --ckpt_dir (the Wan2.1-I2V-14B-480P folder)")
+    ckpt = Path(dirs["ckpt_dir"]).resolve()
+    root = ckpt.parent
+    out: dict[str, object] = {"model.weights": str(root)}
+    want = {"wav2vec_dir": root / W.WAV2VEC_DIR}
+    if dirs["infinitetalk_dir"]:
+        it = Path(dirs["infinitetalk_dir"]).resolve()
+        variant = next((v for v, rel in W.INFINITETALK_FILES.items() if root / rel == it), None)
+        if variant is None:
+            raise InputError(f"--infinitetalk_dir {it}: expected {root / W.INFINITETALK_FILES['single']} or "
+                             f"{root / W.INFINITETALK_FILES['multi']} (one weights folder holds all three)")
+        out["model.variant"] = variant
+    if dirs["wav2vec_dir"] and Path(dirs["wav2vec_dir"]).resolve() != want["wav2vec_dir"]:
+        raise InputError(f"--wav2vec_dir {dirs['wav2vec_dir']}: expected {want['wav2vec_dir']} "
+                         "(one weights folder holds all three)")
+    if ckpt.name != W.WAN_DIR:
+        raise InputError(f"--ckpt_dir {ckpt}: expected a folder named {W.WAN_DIR}")
+    return out
