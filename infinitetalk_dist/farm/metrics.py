@@ -5,7 +5,7 @@ so one exporter on the driver covers a multi-node cluster without a per-actor en
 Names (the Grafana dashboard and k8s PodMonitor use exactly these; ``METRIC_NAMES``):
 
     itd_windows{state="queued|running|done|failed"}   gauge: windows by state
-    itd_windows_total                                 gauge: windows in the plan
+    itd_windows_planned                               gauge: windows in the plan (a gauge: no _total)
     itd_window_retries_total                          counter: re-queued attempts
     itd_replica_restarts_total                        counter: replicas rebuilt after a fault
     itd_frames_rendered_total                         counter: frames of finished windows
@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 __all__ = ["METRIC_NAMES", "FarmMetrics"]
 
 METRIC_NAMES = (
-    "itd_windows", "itd_windows_total", "itd_window_retries_total", "itd_replica_restarts_total",
+    "itd_windows", "itd_windows_planned", "itd_window_retries_total", "itd_replica_restarts_total",
     "itd_frames_rendered_total", "itd_frames_per_second", "itd_dit_step_seconds", "itd_window_seconds",
     "itd_gpu_memory_peak_bytes",
 )
@@ -37,7 +37,7 @@ class FarmMetrics:
     def __init__(self, total: int, done: int = 0):
         self.registry = r = CollectorRegistry()
         self.windows = Gauge("itd_windows", "Windows of the job by state", ["state"], registry=r)
-        Gauge("itd_windows_total", "Windows in the job's plan", registry=r).set(total)
+        Gauge("itd_windows_planned", "Windows in the job's plan", registry=r).set(total)
         self.retries = Counter("itd_window_retries", "Window attempts re-queued after a failure", registry=r)
         self.restarts = Counter("itd_replica_restarts", "Replicas rebuilt after a fault", registry=r)
         self.frames = Counter("itd_frames_rendered", "Frames of finished windows", registry=r)
@@ -58,8 +58,17 @@ class FarmMetrics:
         self.port: int | None = None
 
     def serve(self, port: int) -> int:
-        """Start the HTTP exporter (``port`` 0: any free port); returns the port."""
-        self.server, _thread = start_http_server(int(port), registry=self.registry)
+        """Start the HTTP exporter (``port`` 0: any free port; a taken port: any free one, with
+        a warning, so two drivers on one host both run); returns the port."""
+        import logging
+
+        try:
+            self.server, _thread = start_http_server(int(port), registry=self.registry)
+        except OSError as e:
+            if not port:
+                raise
+            logging.getLogger(__name__).warning("metrics port %d is taken (%s): serving on a free port", port, e)
+            self.server, _thread = start_http_server(0, registry=self.registry)
         self.port = self.server.server_address[1]
         return self.port
 

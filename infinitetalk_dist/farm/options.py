@@ -36,7 +36,7 @@ class FarmOptions:
     """Silences shorter than this are not cut points."""
     shot_threshold: float = 27.0
     """Shot-cut detector threshold (PySceneDetect ContentDetector; V2V)."""
-    metrics_port: int | None = None
+    metrics_port: int | None = 0
     """Prometheus metrics on this port (0: any free port; null: off)."""
     gpus_per_replica: int = 1
     """farm=ray: actors (ranks) per replica, one GPU each; 0: CPU-only actors."""

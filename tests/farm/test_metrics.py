@@ -33,3 +33,18 @@ def test_values_follow_the_windows():
     assert s['itd_windows{state="done"}'] == 1 and s['itd_windows{state="failed"}'] == 1
     assert s["itd_window_retries_total"] == 1 and s["itd_frames_rendered_total"] == 40
     assert s["itd_dit_step_seconds_count"] == 2 and s['itd_gpu_memory_peak_bytes{replica="1"}'] == 2**30
+
+
+def test_no_gauge_is_named_total_and_a_taken_port_falls_back(caplog):
+    import logging
+
+    m = FarmMetrics(total=2)
+    assert not [s.name for s in m.registry.collect() if s.type == "gauge" and s.name.endswith("_total")]
+    first, second = FarmMetrics(total=1), FarmMetrics(total=1)
+    try:
+        port = first.serve(0)
+        with caplog.at_level(logging.WARNING):
+            other = second.serve(port)  # two drivers on one host asking for the same port
+        assert other != port and f"metrics port {port} is taken" in caplog.text
+    finally:
+        first.close(), second.close()

@@ -130,7 +130,7 @@ def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, referenc
     assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={port}"]) == 0
     t.join(timeout=5)
     assert killed, "the test never saw a running window to kill"
-    assert seen and seen[0]["itd_windows_total"] == 3.0  # scraped over HTTP during the run
+    assert seen and seen[0]["itd_windows_planned"] == 3.0  # scraped over HTTP during the run
     assert out.read_bytes() == reference
     tl = _timeline(out)
     assert [a["outcome"] for a in tl].count("lost") == 1
