@@ -107,7 +107,7 @@ def write_quant(root: Path, cfg, generator, kind: str, variant: str = "single") 
     path = W.WeightsLayout(root, variant).quant_file(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path), metadata={"format": "pt"})
-    path.with_suffix(".json").write_text(json.dumps(qmap))
+    W.quant_map_path(path).write_text(json.dumps(qmap))
     print(f"  {path.relative_to(root)}: {len(qmap)} quantised Linear layers", flush=True)
     return path
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .fa3 import fa3_attention, fa3_available, fa3_supports
+from .fa3 import FA3_PACKAGE, fa3_attention, fa3_available, fa3_supports
 from .limits import MIN_HEAD_DIM_8BIT
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flash2", "flash3", "fa3", "fa3_fp8", "sage", "triton_int8", "triton_fp8")
@@ -115,7 +115,7 @@ def _triton(precision: str) -> Callable:
 _IMPL: dict[str, Callable] = {"auto": _auto, "sdpa": _sdpa, "cudnn": _cudnn, "flash2": _flash2, "flash3": _flash3,
                               "fa3": _fa3(False), "fa3_fp8": _fa3(True), "sage": _sage,
                               "triton_int8": _triton("int8"), "triton_fp8": _triton("fp8")}
-_PACKAGE = {"flash3": "flash_attn_interface", "fa3": "fa3_fwd_interface", "fa3_fp8": "fa3_fwd_interface",
+_PACKAGE = {"flash3": "flash_attn_interface", "fa3": FA3_PACKAGE, "fa3_fp8": FA3_PACKAGE,
             "sage": "sageattention", "triton_int8": "triton", "triton_fp8": "triton"}
 
 

@@ -31,13 +31,14 @@ __all__ = ["fa3_available", "fa3_attention", "fa3_supports", "emulate_fp8", "qua
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-_PACKAGE = "fa3_fwd_interface"
+FA3_PACKAGE = "fa3_fwd_interface"
+_INSTALLED = importlib.util.find_spec(FA3_PACKAGE) is not None  # once: _auto asks on every call
 _HEAD_DIMS = (64, 96, 128, 192, 256)  # the head dims this build has kernels for
 
 
 def fa3_available(device: torch.device | str | None = None) -> bool:
     """fa3-fwd imports (and, given a ``device``, it is a Hopper GPU: the kernels are sm90 only)."""
-    if importlib.util.find_spec(_PACKAGE) is None:
+    if not _INSTALLED:
         return False
     if device is None:
         return True
@@ -118,6 +119,5 @@ def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not fp8:
         return _fa3_op(q, k, v, scale, None, None, None)
-    q8, k8, v8, q_s, k_s, v_s, v_out = quantize_qkv(q, k, v, smooth_k=smooth_k)
-    out = _fa3_op(q8, k8, v8, scale, q_s, k_s, v_s)
-    return (out * v_out.to(out.dtype)).to(q.dtype) if v_out is not None else out.to(q.dtype)
+    q8, k8, v8, q_s, k_s, v_s, _ = quantize_qkv(q, k, v, smooth_k=smooth_k)  # per-head V: no output scale
+    return _fa3_op(q8, k8, v8, scale, q_s, k_s, v_s).to(q.dtype)

@@ -138,7 +138,6 @@ def _weights_root(dirs: dict) -> dict[str, object]:
     ckpt = Path(dirs["ckpt_dir"]).resolve()
     root = ckpt.parent
     out: dict[str, object] = {"model.weights": str(root)}
-    want = {"wav2vec_dir": root / W.WAV2VEC_DIR}
     if dirs["infinitetalk_dir"]:
         it = Path(dirs["infinitetalk_dir"]).resolve()
         variant = next((v for v, rel in W.INFINITETALK_FILES.items() if root / rel == it), None)
@@ -146,8 +145,8 @@ def _weights_root(dirs: dict) -> dict[str, object]:
             raise InputError(f"--infinitetalk_dir {it}: expected {root / W.INFINITETALK_FILES['single']} or "
                              f"{root / W.INFINITETALK_FILES['multi']} (one weights folder holds all three)")
         out["model.variant"] = variant
-    if dirs["wav2vec_dir"] and Path(dirs["wav2vec_dir"]).resolve() != want["wav2vec_dir"]:
-        raise InputError(f"--wav2vec_dir {dirs['wav2vec_dir']}: expected {want['wav2vec_dir']} "
+    if dirs["wav2vec_dir"] and Path(dirs["wav2vec_dir"]).resolve() != root / W.WAV2VEC_DIR:
+        raise InputError(f"--wav2vec_dir {dirs['wav2vec_dir']}: expected {root / W.WAV2VEC_DIR} "
                          "(one weights folder holds all three)")
     if ckpt.name != W.WAN_DIR:
         raise InputError(f"--ckpt_dir {ckpt}: expected a folder named {W.WAN_DIR}")

@@ -40,6 +40,12 @@ CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 T5_TOKENIZER_DIR = "google/umt5-xxl"
 
 
+def quant_map_path(quant_file: str | Path) -> Path:
+    """The quantisation map beside a quantised file (the official loader's ``replace('safetensors', 'json')``)."""
+    p = Path(quant_file)
+    return p.with_name(p.name.replace("safetensors", "json"))
+
+
 @dataclass(frozen=True)
 class WeightsLayout:
     """Paths of one weights folder laid out as users download it."""
@@ -85,7 +91,7 @@ class WeightsLayout:
         the other models' files only."""
         need = [self.wan / "config.json", self.vae, self.t5, self.clip, self.wav2vec2 / "config.json"]
         if dit and dit_file:
-            need += [dit_file, dit_file.with_name(dit_file.name.replace("safetensors", "json"))]
+            need += [dit_file, quant_map_path(dit_file)]
         elif dit:
             need.append(self.infinitetalk)
         missing = [str(p) for p in need if not p.exists()]

@@ -20,7 +20,7 @@ import torch.nn as nn
 from infinitetalk_dist.kernels.quant import QUANTO_WEIGHTS, WeightQuantLinear
 from infinitetalk_dist.models.checkpoint import CheckpointError, TensorSource, check_keys, expected_shapes
 from infinitetalk_dist.models.dit import InfiniteTalkDiT
-from infinitetalk_dist.models.weights import dit_config
+from infinitetalk_dist.models.weights import dit_config, quant_map_path
 
 from .load import _state_device, fill_
 from .parallelize import parallelize_dit
@@ -30,12 +30,6 @@ __all__ = ["load_quantized_dit", "quant_map_path", "read_quant_map"]
 
 _DATA, _SCALE = ".weight._data", ".weight._scale"
 _UNUSED = (".input_scale", ".output_scale")  # activation scales of weight-only quantisation
-
-
-def quant_map_path(quant_file: str | Path) -> Path:
-    """The quantisation map beside a quantised file (the official loader's ``replace('safetensors', 'json')``)."""
-    p = Path(quant_file)
-    return p.with_name(p.name.replace("safetensors", "json"))
 
 
 def read_quant_map(quant_file: str | Path) -> dict[str, torch.dtype]:

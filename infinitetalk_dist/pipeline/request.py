@@ -17,6 +17,7 @@ import torch
 from infinitetalk_dist.errors import InputError
 
 from .encoders import ENCODER_MODES
+from .vae_tiles import VAE_TILING
 
 __all__ = ["DTYPES", "ConformOptions", "GenerateRequest", "InputOptions", "LoraSpec", "ModelOptions", "ParallelOptions",
            "SamplerOptions", "torch_dtype"]
@@ -276,14 +277,14 @@ class GenerateRequest:
             raise InputError(f"seed must be >= 0 (or -1 for a random one), got {self.seed}")
         if self.compile not in (True, False, "auto", None):
             raise InputError(f"compile must be auto, true or false, got {self.compile!r}")
-        if self.vae_tiling not in ("auto", "on", "off"):
-            raise InputError(f"vae_tiling must be auto, on or off, got {self.vae_tiling!r}")
+        if self.vae_tiling not in VAE_TILING:
+            raise InputError(f"vae_tiling must be one of {', '.join(VAE_TILING)}, got {self.vae_tiling!r}")
         if self.encoders not in ENCODER_MODES:
             raise InputError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
         self.size = SIZE_ALIASES.get(self.size, self.size)  # so 720p picks shift 11 by either name
         if self.size not in SIZES:
             raise InputError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
-        if self.attention is not None and self.attention not in (*ATTENTION_BACKENDS, "auto"):
+        if self.attention is not None and self.attention not in ATTENTION_BACKENDS:
             raise InputError(f"unknown attention backend {self.attention!r}; choose one of {ATTENTION_BACKENDS}")
 
     @property

@@ -55,6 +55,7 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
     # Streamed blocks are loaded into host memory first: the DiT need not fit on the card once.
     dit_device = torch.device("cpu") if request.offload.dit_resident_blocks is not None else device
     fsdp = request.parallel.fsdp
+    backend = device_backend(request.attention, device)
     host = host_resident(request.encoders, device)  # T5 and CLIP kept in host memory (pipeline/encoders.py)
     if request.model.weights:
         lay = WeightsLayout(Path(request.model.weights), request.model.variant)
@@ -62,7 +63,6 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
         quant_file = Path(request.model.quant_file) if request.model.quant_file else (
             lay.quant_file(quant) if quant else None)
         lay.check(quant_file)
-        backend = device_backend(request.attention, device)
         if quant_file:  # the official optimum-quanto file: 8-bit weights kept
             dit = load_quantized_dit(lay.wan, quant_file, state, dtype=dtype, device=dit_device,
                                      attn_backend=backend, fsdp=fsdp)
@@ -75,7 +75,7 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
         models.dit = dit
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
         models = random_models(request.model.preset, request.seed, dtype, device)
-        models.dit.set_attn_backend(device_backend(request.attention, device))
+        models.dit.set_attn_backend(backend)
         parallelize_dit(models.dit, state, fsdp=fsdp)
         if host:
             models.t5.cpu(), models.clip.cpu(), models.wav2vec2.cpu()
