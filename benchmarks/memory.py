@@ -16,6 +16,9 @@ into the same folder (the 64 GB disk of the GPU machine holds one or the other).
     python benchmarks/make_weights.py /tmp/itd-weights --lora-rank 0
     python benchmarks/memory.py --weights /tmp/itd-weights --sizes 480,720 --caps 0,48,24 \\
         --settings resident,encoders,offload20,offload0,int8,int8-offload0,fp8
+    python benchmarks/memory.py --weights /tmp/itd-weights --rows 480:resident:0,720:int8-offload0:24
+
+Each row's full stage report stays beside its video (``<out>/<size>-<setting>-<cap>.mp4.timings.json``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def run_row(weights: str, size: str, name: str, cap: float, files: dict, out: Pa
     done = subprocess.run([sys.executable, __file__, "--child", str(cap), "--", *argv], cwd=REPO,
                           capture_output=True, text=True)
     row = {"size": size, "setting": name, "cap_gb": cap, "wall_s": round(time.perf_counter() - t0, 1)}
+    Path(f"{mp4}.log").write_text(done.stdout + done.stderr)
     if done.returncode:
         tail = (done.stderr or done.stdout)[-400:]
         row["status"] = "OOM" if "out of memory" in tail.lower() else f"failed: {tail.strip().splitlines()[-1][:120]}"
@@ -105,25 +109,30 @@ def main() -> None:
     ap.add_argument("--sizes", default="480,720")
     ap.add_argument("--caps", default="0", help="GB caps, 0: the whole card")
     ap.add_argument("--settings", default="resident,encoders,offload20,offload0,int8,int8-offload0,fp8")
+    ap.add_argument("--rows", default="", help="size:setting:cap triples instead of the full grid, e.g. "
+                    "480:resident:0,720:int8-offload0:24")
     ap.add_argument("--out", type=Path, default=Path("/tmp/itd-memory"))
     args = ap.parse_args()
     from e2e import write_inputs
 
     args.out.mkdir(parents=True, exist_ok=True)
     files = write_inputs(args.out / "inputs")
-    settings = args.settings.split(",")
-    bf16 = [s for s in settings if not s.startswith(("int8", "fp8"))]
-    quant = [s for s in settings if s.startswith(("int8", "fp8"))]
+    if args.rows:
+        grid = [(size, name, float(cap)) for size, name, cap in (r.split(":") for r in args.rows.split(","))]
+    else:
+        grid = [(size, name, float(cap)) for size in args.sizes.split(",") for name in args.settings.split(",")
+                for cap in args.caps.split(",")]
+    # The bf16 rows first: the quantised files replace the bf16 DiT on the machine's disk.
+    grid.sort(key=lambda r: r[1].startswith(("int8", "fp8")))
+    quant = sorted({name.split("-")[0] for _, name, _ in grid if name.startswith(("int8", "fp8"))})
     rows = []
-    for group in (bf16, quant):
-        if group is quant and quant:
-            quantise_in_place(args.weights, sorted({s.split("-")[0] for s in quant}))
-        for size in args.sizes.split(","):
-            for name in group:
-                for cap in (float(c) for c in args.caps.split(",")):
-                    rows.append(run_row(str(args.weights), size, name, cap, files, args.out))
-                    print(json.dumps(rows[-1]), flush=True)
-                    (args.out / "memory.json").write_text(json.dumps(rows, indent=1))
+    for size, name, cap in grid:
+        if quant and name.startswith(("int8", "fp8")):
+            quantise_in_place(args.weights, quant)
+            quant = []
+        rows.append(run_row(str(args.weights), size, name, cap, files, args.out))
+        print(json.dumps(rows[-1]), flush=True)
+        (args.out / "memory.json").write_text(json.dumps(rows, indent=1))
     print("\n| size | setting | cap GB | status | peak GPU GiB | DiT s (4 steps) | VAE s | load s | wall s |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -170,6 +170,7 @@ def test_timings_report(tmp_path):
     assert report["frames"] == 75 and report["output_s"] == 3.0 and report["dit_calls"] == 2  # one batched call a step
     assert abs(sum(report["stages"].values()) - report["wall_s"]) < 0.01
     assert abs(report["gpu_s_per_output_s"] - report["wall_s"] / 3.0) <= 0.006  # both rounded in the report
+    assert report["attention"] == "sdpa"  # the kernel that ran (auto resolved), not the request's name
 
 
 def test_device_and_seed_errors(tmp_path, capsys, demo):

@@ -91,7 +91,7 @@ def generate(request: GenerateRequest, runtime: Runtime | None = None) -> Writte
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         report = timer.report(frames=written.frames, fps=FPS, gpus=world, preset=runtime.models.preset.name,
                               size=list(hw), chunks=chunks, steps=settings.steps, speakers=len(src.audio.tracks),
-                              attention=request.attention or "sdpa", compile=request.compile, fp8=request.fp8,
+                              attention=runtime.models.dit.attn_backend, compile=request.compile, fp8=request.fp8,
                               encoders=request.encoders)
         timer.write(f"{output}.timings.json", report)
     return written
