@@ -96,3 +96,22 @@ def test_the_official_command_line(folder, tmp_path, capsys):
     assert "one weights folder holds all three" in capsys.readouterr().err
     assert main(["generate", "--lora_dir", "a.safetensors", "b.safetensors", "--lora_scale", "1.0", *tiny]) == 1
     assert "1 value(s) for 2 --lora_dir" in capsys.readouterr().err
+
+
+def test_memory_flags(capsys):
+    """--num_persistent_param_in_dit (parameters) becomes whole 14B blocks; our own memory flags
+    set their config paths."""
+    from infinitetalk_dist.launch.official import resident_blocks
+
+    assert resident_blocks(0) == 0 and resident_blocks(10**12) == 40
+    per_block = 7_000_000_000 // resident_blocks(7_000_000_000)
+    assert 4e8 < per_block < 5e8  # ~464 M parameters in a block with its audio cross-attention
+    tiny = ["--preset", "tiny", "--no-progress", "--cfg"]
+    assert main(["generate", "--num_persistent_param_in_dit", "7000000000", "--t5_cpu", *tiny]) == 0
+    cfg = capsys.readouterr().out
+    assert f"dit_resident_blocks: {resident_blocks(7_000_000_000)}" in cfg and "encoders: cpu" in cfg
+    assert main(["generate", "--dit-resident-blocks", "3", "--encoders", "gpu", "--vae-tiling", "on", *tiny]) == 0
+    cfg = capsys.readouterr().out
+    assert "dit_resident_blocks: 3" in cfg and "encoders: gpu" in cfg and "vae_tiling: 'on'" in cfg
+    assert main(["generate", "--num_persistent_param_in_dit", "-1", *tiny]) == 1
+    assert "must be >= 0" in capsys.readouterr().err

@@ -102,6 +102,9 @@ def add_official_flags(parser) -> None:
     g.add_argument("--wav2vec_dir", metavar="DIR", help="chinese-wav2vec2-base folder")
     g.add_argument("--infinitetalk_dir", metavar="FILE", help="InfiniteTalk/single|multi/infinitetalk.safetensors")
     g.add_argument("--offload_model", metavar="BOOL", help="accepted; models already leave the GPU (encoders=offload)")
+    g.add_argument("--num_persistent_param_in_dit", type=int, metavar="N",
+                   help="DiT parameters kept on the GPU, the rest streamed: N // (parameters of one 14B block) "
+                        "blocks [offload.dit_resident_blocks]")
 
 
 def official_values(flags: dict) -> dict[str, object]:
@@ -123,10 +126,26 @@ def official_values(flags: dict) -> dict[str, object]:
         if len(scales) != len(flags["lora_dir"]):
             raise InputError(f"--lora_scale: {len(scales)} value(s) for {len(flags['lora_dir'])} --lora_dir file(s)")
         values["model.loras"] = [{"path": p, "strength": float(s)} for p, s in zip(flags["lora_dir"], scales)]
+    if flags.get("num_persistent_param_in_dit") is not None:
+        values["offload.dit_resident_blocks"] = resident_blocks(flags["num_persistent_param_in_dit"])
     dirs = {k: flags.get(k) for k in ("ckpt_dir", "wav2vec_dir", "infinitetalk_dir")}
     if any(dirs.values()):
         values.update(_weights_root(dirs))
     return values
+
+
+def resident_blocks(params: int) -> int:
+    """The official parameter budget in whole 14B DiT blocks (ours streams block by block)."""
+    import torch
+
+    from infinitetalk_dist.models.dit import DiTBlock, dit_14b
+
+    if params < 0:
+        raise InputError(f"--num_persistent_param_in_dit must be >= 0, got {params}")
+    cfg = dit_14b()
+    with torch.device("meta"):  # shapes only: no memory, no time
+        per_block = sum(p.numel() for p in DiTBlock(cfg).parameters())
+    return min(cfg.num_layers, params // per_block)
 
 
 def _weights_root(dirs: dict) -> dict[str, object]:
