@@ -98,3 +98,11 @@ def _decode_stream(p, index: int, kind: str) -> dict[str, Any]:
     else:
         out["decoded_samples"] = samples
     return out
+
+
+def decoded_frames(path: str | os.PathLike) -> list:
+    """Every video frame of ``path`` as an RGB uint8 array."""
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]

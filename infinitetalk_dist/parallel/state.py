@@ -55,6 +55,11 @@ class ParallelState:
         return None if self.mesh is None else self.mesh.get_group("cfg")
 
     @property
+    def replica_group(self):
+        """Process group of all the replica's ranks (None in one process)."""
+        return None if self.replica_mesh is None else self.replica_mesh.get_group()
+
+    @property
     def distributed(self) -> bool:
         return self.world_size > 1
 

@@ -199,6 +199,9 @@ class ParallelOptions:
     """Ranks splitting the guidance branches (CFG-parallel); sp = ranks / cfg split the sequence."""
     fsdp: bool = True
     """FSDP2-shard the DiT over all ranks of the replica."""
+    vae_spread: bool = True
+    """Spread each VAE encode/decode over the replica's ranks, a band of rows each (the same
+    numbers as one rank; parallel/vae_spread.py); false: every rank runs the whole frame."""
 
     def __post_init__(self):
         if self.cfg < 1:

@@ -19,6 +19,7 @@ from infinitetalk_dist.models.weights import WeightsLayout
 from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, load_dit, parallelize_dit, predict_branches
 from infinitetalk_dist.parallel.load_quant import load_quantized_dit
 from infinitetalk_dist.parallel.offload import offload_blocks
+from infinitetalk_dist.parallel.vae_spread import SpreadVAE
 
 from .encoders import host_resident, pin_
 from .request import GenerateRequest, torch_dtype
@@ -99,8 +100,9 @@ def speed_up(request: GenerateRequest, models: Models, world: int = 1) -> Models
     comp = request.compile
     if comp is True or (comp == "auto" and torch.device(request.device).type == "cuda" and world == 1):
         compile_blocks(models.dit)
-        models.vae.encoder.compile()
-        models.vae.decoder.compile()
+        if world == 1 or not request.parallel.vae_spread:  # the spread VAE's halo hooks stay eager
+            models.vae.encoder.compile()
+            models.vae.decoder.compile()
     if request.offload.dit_resident_blocks is not None:  # after compile: the streaming stays outside it
         try:
             offload_blocks(models.dit, request.offload.dit_resident_blocks, request.device)
@@ -124,6 +126,8 @@ def replica_runtime(request: GenerateRequest, state: ParallelState) -> Runtime:
     if request.sampler.teacache and state.cfg_size > 1:
         raise InputError("TeaCache keeps one residual per guidance branch on every rank: use parallel.cfg=1")
     models = speed_up(request, build_models(request, state), state.world_size)
+    if state.world_size > 1 and request.parallel.vae_spread:
+        models.vae = SpreadVAE(models.vae, state.replica_group)
     prompts = PromptEncoder(models.t5, tokenizer(request, models), device=request.device, mode=request.encoders)
     return Runtime(models, lambda branches: predict_branches(models.dit, branches, state), writer=state.rank == 0,
                    prompts=prompts)

@@ -179,3 +179,30 @@ def sharded_loading(root: str, lora: str | None) -> dict:
     want = dict(tiny_model(seed=3).named_parameters())
     out["random_equal"] = all(torch.equal(p.full_tensor(), want[k]) for k, p in rnd.named_parameters())
     return out
+
+
+def vae_spread(shapes: list[tuple[int, int, int]]) -> list[dict]:
+    """Per (frames, height, width): the whole-frame encode/decode of the tiny VAE and the
+    band-spread one on this rank; max |difference| of each, and the hooks' inertness."""
+    import torch.distributed as dist
+
+    from infinitetalk_dist.models.vae import WanVAE, tiny_vae
+    from infinitetalk_dist.parallel.vae_spread import SpreadVAE
+
+    with torch.device("meta"):
+        vae = WanVAE(tiny_vae())
+    vae = randomize_(vae, seeded(SEED)).eval()
+    g = torch.Generator().manual_seed(3)
+    videos = [torch.rand(1, 3, t, h, w, generator=g) * 2 - 1 for t, h, w in shapes]
+    with torch.no_grad():
+        whole = [(vae.encode(v), vae.decode(vae.encode(v))) for v in videos]
+        spread = SpreadVAE(vae, dist.group.WORLD)
+        out = []
+        for v, (z, x) in zip(videos, whole):
+            zs = spread.encode(v)
+            xs = spread.decode(z)
+            out.append(dict(shape=tuple(v.shape), z_shape=tuple(zs.shape), x_shape=tuple(xs.shape),
+                            z_err=float((zs - z).abs().max()), x_err=float((xs - x).abs().max()),
+                            z_scale=float(z.abs().max()), x_scale=float(x.abs().max()),
+                            inert=float((vae.encode(v) - z).abs().max())))
+    return out
