@@ -236,7 +236,40 @@ def _parser() -> argparse.ArgumentParser:
                 p.add_argument(flag, dest=flag, type=type_, metavar=path.split(".")[-1].upper(),
                                help=f"{help_} [{path}]")
             add_official_flags(p)
+    _weights_parser(sub)
     return parser
+
+
+def _weights_parser(sub) -> None:
+    w = sub.add_parser("weights", help="download or verify the official weights folder (huggingface_hub)",
+                       description="The official weights folder that --weights reads: download it from the Hub "
+                                   "(only the files this project reads; resumable; HF_HOME / HF_TOKEN honoured) "
+                                   "or verify one.")
+    actions = w.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_ in (("download", "fetch the files into the Hub cache and lay DIR out with links to them"),
+                        ("verify", "check that DIR is complete (sizes, safetensors headers, the tokenizer)")):
+        a = actions.add_parser(name, help=help_, description=help_)
+        a.add_argument("dir", metavar="DIR", help="the weights folder (pass it to --weights)")
+        a.add_argument("--variant", choices=["single", "multi", "both"], default="single",
+                       help="InfiniteTalk weights: single (one speaker), multi (two), both")
+        a.add_argument("--quant", choices=["int8", "fp8"],
+                       help="the official quantised DiT instead of the Wan DiT shards (the bulk of the download)")
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from .weights_cmd import download, verify
+
+    try:
+        if args.action == "download":
+            root = download(args.dir, args.variant, args.quant, log=lambda m: print(m, file=sys.stderr))
+            print(f"weights folder ready: {root} (use --weights {root})")
+        else:
+            checked = verify(args.dir, args.variant, args.quant)
+            print(f"{args.dir}: complete ({len(checked)} files checked)")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
@@ -302,6 +335,10 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are key=value)")
     args.overrides = overrides
+    if args.command == "weights":
+        if overrides:
+            parser.error(f"weights takes no config overrides: {' '.join(overrides)}")
+        return _weights(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = configure(args)
