@@ -115,3 +115,31 @@ def test_memory_flags(capsys):
     assert "dit_resident_blocks: 3" in cfg and "encoders: gpu" in cfg and "vae_tiling: 'on'" in cfg
     assert main(["generate", "--num_persistent_param_in_dit", "-1", *tiny]) == 1
     assert "must be >= 0" in capsys.readouterr().err
+
+
+def test_defaults_match_the_official_tool_or_say_so(tmp_path, capsys, caplog):
+    """Colour correction 1.0 (official); --lora_dir alone at the official 1.2; --cfg shows the
+    derived defaults (shift 11 at 720p by either name, the size table, multi weights for two
+    speakers); a distilled sampler preset without its LoRA warns; --help names the 1000-frame cap."""
+    tiny = ["--preset", "tiny", "--no-progress", "--cfg"]
+
+    def cfg(*args):
+        assert main(["generate", *args, *tiny]) == 0
+        return capsys.readouterr().out
+
+    out = cfg()
+    assert "color_correction: 1.0" in out and "shift: 7.0" in out and "size: tiny" in out and "variant: single" in out
+    out = cfg("--size", "infinitetalk-720", "--audio2", "b.wav", "--lora_dir", "a.safetensors")
+    assert "shift: 11.0" in out and "size: '720'" in out and "variant: multi" in out and "strength: 1.2" in out
+    assert "variant: single" in cfg("--audio2", "b.wav", "model.variant=single")  # an explicit choice stays
+    caplog.clear()
+    weights = tmp_path / "w"
+    weights.mkdir()
+    assert main(["generate", "--weights", str(weights), "--sampler", "lightx2v", *tiny]) == 0
+    assert "no LoRA is given" in caplog.text
+    caplog.clear()
+    assert main(["generate", "--weights", str(weights), "--sampler", "lightx2v", "--lora", "l.safetensors", *tiny]) == 0
+    assert "no LoRA is given" not in caplog.text
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "the official tool: 1000" in " ".join(capsys.readouterr().out.split())

@@ -27,6 +27,8 @@ from infinitetalk_dist.errors import InfiniteTalkError, InputError
 from .config import Config, compose, to_config
 from .official import add_official_flags, input_json_values, official_values
 
+log = logging.getLogger(__name__)
+
 # flag -> (config path, type, help). Values are set on the composed config after overrides.
 GENERATE_FLAGS = {
     "--image": ("input.image", str, "reference picture (I2V)"),
@@ -47,8 +49,8 @@ GENERATE_FLAGS = {
     "--text-scale": ("sampler.text_scale", float, "text guidance scale (1 = two passes)"),
     "--audio-scale": ("sampler.audio_scale", float, "audio guidance scale"),
     "--motion-frames": ("sampler.motion_frame", int, "frames carried between chunks"),
-    "--max-frames": ("sampler.max_frames", int, "stop after this many frames"),
-    "--color-correction": ("sampler.color_correction", float, "0..1 colour matching to the reference"),
+    "--max-frames": ("sampler.max_frames", int, "stop after this many frames (default: the whole audio; the official tool: 1000)"),
+    "--color-correction": ("sampler.color_correction", float, "0..1 colour matching to the reference (default 1.0, as the official tool)"),
     "--teacache-thresh": ("sampler.teacache_thresh", float, "TeaCache threshold (higher skips more)"),
     "--attention": ("attention", str, "auto (fa3 on Hopper with fa3-fwd, else sdpa), sdpa, cudnn, flash2, fa3, fa3_fp8, ..."),
     "--quant": ("model.quant", str, "int8 or fp8: the official quantised DiT from the weights folder's quant_models/"),
@@ -217,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
                            "unless --preset tiny: a weights folder at the tiny preset's shapes)")
             p.add_argument("--sampler", choices=["default", "lightx2v", "fusionx"],
                            help="sampler preset: 40-step default, 4-step lightx2v, 8-step FusionX")
-            p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]", help="merge a LoRA (repeatable)")
+            p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]",
+                           help="merge a LoRA (repeatable; strength 1.0 unless given; the official --lora_scale default is 1.2)")
             p.add_argument("--apg", action="store_true", help="adaptive projected guidance")
             p.add_argument("--teacache", action="store_true", help="TeaCache: skip DiT blocks on similar steps")
             p.add_argument("--bbox", nargs=8, type=float, metavar="N",
@@ -238,6 +241,10 @@ def _parser() -> argparse.ArgumentParser:
             add_official_flags(p)
     _weights_parser(sub)
     return parser
+
+
+# The step-distilled sampler presets and the LoRA each is made for.
+DISTILLED = {"lightx2v": "lightx2v (Wan2.1 I2V step-distill)", "fusionx": "FusionX"}
 
 
 def _weights_parser(sub) -> None:
@@ -321,6 +328,12 @@ def configure(args: argparse.Namespace) -> DictConfig:
             # A list (--lora's LoraSpec list) is merged so that its elements are validated and
             # converted by the schema; a merged list replaces the old one whole.
             OmegaConf.update(cfg, path, value, merge=isinstance(value, list))
+    distilled = [g.split("=", 1)[1] for g in groups + args.overrides if g.split("=", 1)[0] == "sampler"]
+    quant_lora = "_lora" in str(cfg.model.get("quant_file") or "")
+    if distilled and distilled[-1] in DISTILLED and cfg.model.weights and not cfg.model.loras and not quant_lora:
+        log.warning("sampler=%s is the %d-step preset of the %s LoRA, and no LoRA is given (--lora FILE): "
+                    "the real model renders unfinished frames in %d steps", distilled[-1], cfg.sampler.steps,
+                    DISTILLED[distilled[-1]], cfg.sampler.steps)
     return cfg
 
 
@@ -348,11 +361,12 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
     except Exception as e:  # Hydra/OmegaConf override errors: one line, no traceback
         print("error: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2
-    if args.cfg:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
     try:
-        runners[args.command](to_config(cfg))
+        config = to_config(cfg)
+        if args.cfg:  # with the derived defaults resolved (shift, size table, weights variant)
+            print(OmegaConf.to_yaml(OmegaConf.structured(config)))
+            return 0
+        runners[args.command](config)
     except (InfiniteTalkError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

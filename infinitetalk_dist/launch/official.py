@@ -76,13 +76,14 @@ OFFICIAL_FLAGS: dict[str, tuple[str, type, str]] = {
     "--sample_text_guide_scale": ("sampler.text_scale", float, "text guidance scale"),
     "--sample_audio_guide_scale": ("sampler.audio_scale", float, "audio guidance scale"),
     "--frame_num": ("sampler.frame_num", int, "frames per chunk (4n+1)"),
-    "--max_frame_num": ("sampler.max_frames", int, "stop after this many frames"),
+    "--max_frame_num": ("sampler.max_frames", int, "stop after this many frames (the official default 1000; ours: the whole audio)"),
     "--motion_frame": ("sampler.motion_frame", int, "frames carried between chunks"),
     "--base_seed": ("seed", int, "seed (-1: random, logged)"),
     "--color_correction_strength": ("sampler.color_correction", float, "colour matching to the reference, 0..1"),
     "--teacache_thresh": ("sampler.teacache_thresh", float, "TeaCache threshold"),
     "--quant_dir": ("model.quant_file", str, "the quantised DiT file"),
 }
+OFFICIAL_LORA_SCALE = 1.2  # --lora_dir without --lora_scale, as the official tool (ours: --lora PATH[:1.0])
 OFFICIAL_SWITCHES = {"--use_teacache": ("sampler.teacache", True), "--use_apg": ("sampler.apg", True),
                      "--t5_cpu": ("encoders", "cpu")}
 
@@ -97,7 +98,7 @@ def add_official_flags(parser) -> None:
     g.add_argument("--mode", choices=["clip", "streaming"], help="clip: one chunk; streaming: the whole audio (default)")
     g.add_argument("--save_file", metavar="NAME", help="output name without extension (.mp4 added)")
     g.add_argument("--lora_dir", nargs="+", metavar="FILE", help="LoRA files (with --lora_scale, one each)")
-    g.add_argument("--lora_scale", nargs="+", type=float, metavar="S", help="their strengths (default 1.0 each)")
+    g.add_argument("--lora_scale", nargs="+", type=float, metavar="S", help=f"their strengths (default {OFFICIAL_LORA_SCALE} each, as the official tool)")
     g.add_argument("--ckpt_dir", metavar="DIR", help="Wan2.1-I2V-14B-480P folder (with the two below: the weights folder)")
     g.add_argument("--wav2vec_dir", metavar="DIR", help="chinese-wav2vec2-base folder")
     g.add_argument("--infinitetalk_dir", metavar="FILE", help="InfiniteTalk/single|multi/infinitetalk.safetensors")
@@ -122,7 +123,7 @@ def official_values(flags: dict) -> dict[str, object]:
         name = Path(flags["save_file"])
         values["output"] = str(name if name.suffix.lower() in (".mp4", ".mov", ".mkv") else f"{name}.mp4")
     if flags.get("lora_dir"):
-        scales = flags.get("lora_scale") or [1.0] * len(flags["lora_dir"])
+        scales = flags.get("lora_scale") or [OFFICIAL_LORA_SCALE] * len(flags["lora_dir"])
         if len(scales) != len(flags["lora_dir"]):
             raise InputError(f"--lora_scale: {len(scales)} value(s) for {len(flags['lora_dir'])} --lora_dir file(s)")
         values["model.loras"] = [{"path": p, "strength": float(s)} for p, s in zip(flags["lora_dir"], scales)]

@@ -48,8 +48,8 @@ class ModelOptions:
     """tiny (random weights made from ``seed``, runs on a laptop CPU) | 14b (the real model)."""
     weights: str | None = None
     """Folder holding Wan2.1-I2V-14B-480P/, chinese-wav2vec2-base/ and InfiniteTalk/ as downloaded."""
-    variant: str = "single"
-    """InfiniteTalk adapter file: single | multi."""
+    variant: str = "auto"
+    """InfiniteTalk adapter file: single | multi | auto (multi when there is a second speaker)."""
     loras: list[LoraSpec] = field(default_factory=list)
     """LoRAs merged into the DiT at load: [{path: ..., strength: 1.0}]."""
     quant: str | None = None
@@ -61,8 +61,8 @@ class ModelOptions:
     def __post_init__(self):
         if self.preset not in ("tiny", "14b"):
             raise InputError(f"model.preset must be tiny or 14b, got {self.preset!r}")
-        if self.variant not in ("single", "multi"):
-            raise InputError(f"model.variant must be single or multi, got {self.variant!r}")
+        if self.variant not in ("auto", "single", "multi"):
+            raise InputError(f"model.variant must be auto, single or multi, got {self.variant!r}")
         if self.quant not in (None, "int8", "fp8"):
             raise InputError(f"model.quant must be int8 or fp8, got {self.quant!r}")
         if (self.quant or self.quant_file) and self.loras:
@@ -91,9 +91,10 @@ class SamplerOptions:
     motion_frame: int = 9
     """Decoded frames carried into the next chunk."""
     max_frames: int | None = None
-    """Stop after this many frames; null: as long as the audio."""
-    color_correction: float = 0.0
-    """0..1: match each chunk's colours to the reference picture."""
+    """Stop after this many frames; null: as long as the audio (the official tool stops at 1000
+    frames by default: --max_frame_num 1000 does the same here)."""
+    color_correction: float = 1.0
+    """0..1: match each chunk's colours to the reference picture (1.0: the official default)."""
     teacache: bool = False
     """Skip the DiT blocks on steps where the timestep embedding barely moves."""
     teacache_thresh: float = 0.2
@@ -289,6 +290,12 @@ class GenerateRequest:
             raise InputError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if self.attention is not None and self.attention not in ATTENTION_BACKENDS:
             raise InputError(f"unknown attention backend {self.attention!r}; choose one of {ATTENTION_BACKENDS}")
+        # Derived defaults made concrete, so that --cfg and the stored job settings show them.
+        self.size = self.size_table
+        if self.sampler.shift is None:
+            self.sampler.shift = 11.0 if self.size == "720" else 7.0
+        if self.model.variant == "auto":
+            self.model.variant = "multi" if self.input.audio2 else "single"
 
     @property
     def size_table(self) -> str:
