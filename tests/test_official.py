@@ -128,10 +128,17 @@ def test_defaults_match_the_official_tool_or_say_so(tmp_path, capsys, caplog):
         return capsys.readouterr().out
 
     out = cfg()
-    assert "color_correction: 1.0" in out and "shift: 7.0" in out and "size: tiny" in out and "variant: single" in out
-    out = cfg("--size", "infinitetalk-720", "--audio2", "b.wav", "--lora_dir", "a.safetensors")
-    assert "shift: 11.0" in out and "size: '720'" in out and "variant: multi" in out and "strength: 1.2" in out
-    assert "variant: single" in cfg("--audio2", "b.wav", "model.variant=single")  # an explicit choice stays
+    assert "color_correction: 1.0" in out and "shift: 7.0" in out and "size: tiny" in out and "variant: auto" in out
+    out = cfg("--size", "infinitetalk-720", "--lora_dir", "a.safetensors")
+    assert "shift: 11.0" in out and "size: '720'" in out and "strength: 1.2" in out
+
+    from infinitetalk_dist.launch.config import compose, to_config
+
+    def variant(*overrides):
+        return to_config(compose(list(overrides))).weights_variant
+
+    assert variant() == "single" and variant("input.audio2=b.wav") == "multi"
+    assert variant("input.audio2=b.wav", "model.variant=single") == "single"  # an explicit choice stays
     caplog.clear()
     weights = tmp_path / "w"
     weights.mkdir()
@@ -143,3 +150,23 @@ def test_defaults_match_the_official_tool_or_say_so(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "the official tool: 1000" in " ".join(capsys.readouterr().out.split())
+
+
+def test_scene_seg_renders_each_shot_as_its_own_window(tmp_path):
+    """The official --scene_seg on generate: the job runs as `run` does, cut at the source's shot."""
+    import numpy as np
+
+    from infinitetalk_dist.samples import speech_like
+
+    rng = np.random.default_rng(0)
+    a = face_image((64, 64), seed=1)
+    b = rng.integers(0, 255, a.shape).astype(np.uint8)
+    video = tmp_path / "two_shots.mp4"
+    sr = 16000
+    write_mp4(video, [a] * 25 + [b] * 25, fps=25, audio=speech_like(2.0, seed=1), audio_sr=sr)
+    out = tmp_path / "dub.mp4"
+    assert main(["generate", "--preset", "tiny", "--video", str(video), "--audio", str(video), "--scene_seg",
+                 "-o", str(out), *FAST]) == 0
+    manifest = json.loads((tmp_path / "dub.mp4.job" / "manifest.json").read_text())
+    assert [w["cut"] for w in manifest["plan"]["windows"]] == ["start", "shot"]
+    assert out.stat().st_size > 0

@@ -366,7 +366,11 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
         if args.cfg:  # with the derived defaults resolved (shift, size table, weights variant)
             print(OmegaConf.to_yaml(OmegaConf.structured(config)))
             return 0
-        runners[args.command](config)
+        command = args.command
+        if command == "generate" and getattr(args, "scene_seg", False):  # the official --scene_seg
+            log.info("--scene_seg: rendering as `run` (windows cut at the source's shots, then stitched)")
+            command = "run"
+        runners[command](config)
     except (InfiniteTalkError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

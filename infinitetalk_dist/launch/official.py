@@ -102,6 +102,9 @@ def add_official_flags(parser) -> None:
     g.add_argument("--ckpt_dir", metavar="DIR", help="Wan2.1-I2V-14B-480P folder (with the two below: the weights folder)")
     g.add_argument("--wav2vec_dir", metavar="DIR", help="chinese-wav2vec2-base folder")
     g.add_argument("--infinitetalk_dir", metavar="FILE", help="InfiniteTalk/single|multi/infinitetalk.safetensors")
+    g.add_argument("--scene_seg", action="store_true",
+                   help="cut a source video at its shots: generate runs the job as `run` does (windows at shot "
+                        "cuts, silences; resumable store <output>.job), which plan/run always do")
     g.add_argument("--offload_model", metavar="BOOL", help="accepted; models already leave the GPU (encoders=offload)")
     g.add_argument("--num_persistent_param_in_dit", type=int, metavar="N",
                    help="DiT parameters kept on the GPU, the rest streamed: N // (parameters of one 14B block) "

@@ -294,8 +294,14 @@ class GenerateRequest:
         self.size = self.size_table
         if self.sampler.shift is None:
             self.sampler.shift = 11.0 if self.size == "720" else 7.0
-        if self.model.variant == "auto":
-            self.model.variant = "multi" if self.input.audio2 else "single"
+
+    @property
+    def weights_variant(self) -> str:
+        """The InfiniteTalk file this request loads: model.variant, or for ``auto`` multi when there
+        is a second speaker (resolved here, not stored: a k8s title may add the speaker later)."""
+        if self.model.variant != "auto":
+            return self.model.variant
+        return "multi" if self.input.audio2 else "single"
 
     @property
     def size_table(self) -> str:

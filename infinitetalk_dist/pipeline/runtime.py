@@ -59,7 +59,7 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
     backend = device_backend(request.attention, device)
     host = host_resident(request.encoders, device)  # T5 and CLIP kept in host memory (pipeline/encoders.py)
     if request.model.weights:
-        lay = WeightsLayout(Path(request.model.weights), request.model.variant)
+        lay = WeightsLayout(Path(request.model.weights), request.weights_variant)
         quant = request.model.quant
         quant_file = Path(request.model.quant_file) if request.model.quant_file else (
             lay.quant_file(quant) if quant else None)
