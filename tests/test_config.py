@@ -88,3 +88,24 @@ def test_flags_with_lists_and_dicts_fill_the_typed_fields(tmp_path):
     assert [(lo.path, lo.strength) for lo in typed.model.loras] == [("a.safetensors", 0.5), ("b.safetensors", 1.0)]
     assert isinstance(typed.model.loras[0], R.LoraSpec) and typed.input.boxes == [[0, 0, 10, 10], [0, 10, 10, 20]]
     assert main(["generate", "--cfg", "--lora", "a.safetensors:0.5"]) == 0
+
+
+def test_each_command_help_shows_its_own_options(capsys):
+    """plan/run --help list farm.*, k8s render --help k8s.* too (from the dataclasses: defaults
+    and field docs); --version; -q keeps the log to warnings."""
+    import pytest
+
+    from infinitetalk_dist.launch.cli import main
+
+    for argv, want in ((["run"], "farm.replicas=1"), (["plan"], "farm.target_s=null"),
+                       (["k8s", "render"], "k8s.namespace=dubbing"), (["k8s", "render"], "farm.gpus_per_replica=1")):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        out = capsys.readouterr().out
+        assert want in out and "Replicas the plan balances windows over" in out, argv
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "farm.replicas" not in capsys.readouterr().out  # generate renders one window
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("infinitetalk-dist ")

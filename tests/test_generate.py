@@ -171,6 +171,10 @@ def test_timings_report(tmp_path):
     assert abs(sum(report["stages"].values()) - report["wall_s"]) < 0.01
     assert abs(report["gpu_s_per_output_s"] - report["wall_s"] / 3.0) <= 0.006  # both rounded in the report
     assert report["attention"] == "sdpa"  # the kernel that ran (auto resolved), not the request's name
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(f"{out}.config.yaml")  # the resolved config beside the output
+    assert saved.output == str(out) and saved.sampler.shift == 7.0 and saved.timings is True
 
 
 def test_device_and_seed_errors(tmp_path, capsys, demo):

@@ -31,13 +31,15 @@ class JobRun:
     def __init__(self, job, *, backend: str, replicas: int, ranks: int = 1, gpu: bool = False):
         self.job, self.backend, self.replicas, self.ranks, self.gpu = job, backend, replicas, ranks, gpu
         self.queue = WindowQueue(job.todo, max_attempts=job.farm.max_attempts)
-        self.metrics = FarmMetrics(len(job.plan.windows), done=len(job.done))
+        self.metrics = FarmMetrics(len(job.plan.windows), done=len(job.done), job=job.output.name)
         self.attempts: list[Attempt] = []
         self.setups: list[dict] = []  # each replica build that came up: when, and its load time
         self.windows: list[dict] = []  # each finished window: where, how long, its stage times
         self.placement_s = 0.0
         self.t0 = time.perf_counter()
         self.bar = None
+        self._steps_seen: dict[int, tuple[int, int]] = {}  # replica -> (window, steps reported)
+        self._done_windows: set[int] = set()
 
     def __enter__(self) -> JobRun:
         if self.job.farm.metrics_port is not None:
@@ -83,6 +85,20 @@ class JobRun:
                  self.queue.attempts[w.index], replica)
         return w, a, self.tracks(w)
 
+    def report(self, replica: int, info: dict) -> None:
+        """A replica's report after a sampling step (farm/progress.py): the step metrics and the
+        progress bar move inside a window."""
+        window, done = self._steps_seen.get(replica, (None, 0))
+        new = info["done"] - done if window == info["window"] and info["done"] >= done else info["done"]
+        self._steps_seen[replica] = (info["window"], info["done"])
+        if info["window"] in self._done_windows:  # a report that came in after its window's result
+            self.metrics.steps.inc(new)
+            return
+        self.metrics.stepped(replica, new, info["done"] / max(info["chunks"] * info["steps"], 1))
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"replica {replica}: window #{info['window']} chunk {info['chunk'] + 1}/"
+                                     f"{info['chunks']} step {info['step']}/{info['steps']}")
+
     def tracks(self, w) -> list[np.ndarray]:
         return window_tracks(self.job.sources.audio.tracks, w.start, w.end)
 
@@ -101,6 +117,7 @@ class JobRun:
                              "card": t.get("card")})
         self.metrics.finished(result["frames"], result["seconds"], result["step_seconds"], replica=a.replica,
                               gpu_peak_bytes=result["gpu_peak_bytes"])
+        self._done_windows.add(w.index)
         log.info("window #%d done on replica %d in %.1f s", w.index, a.replica, result["seconds"])
         if self.bar is not None:
             self.bar.update(1)

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 
 from .driver import JobRun
+from .progress import reporter
 from .replica import ReplicaWorker
 from .store import StoreError
 
@@ -35,6 +36,7 @@ def run_local(job) -> dict:
 
 def _render_all(job, worker: ReplicaWorker) -> dict:
     with JobRun(job, backend="local", replicas=1, gpu=job.request.device.startswith("cuda")) as run:
+        worker.report = reporter(run, 0)  # steps straight to the driver: same process
         run.placed()
         run.replica_ready(0, [worker.setup(None)])
         while len(run.queue):

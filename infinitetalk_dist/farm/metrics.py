@@ -13,6 +13,12 @@ Names (the Grafana dashboard and k8s PodMonitor use exactly these; ``METRIC_NAME
     itd_dit_step_seconds                              histogram: one sampling step of one window
     itd_window_seconds                                histogram: one window on one replica
     itd_gpu_memory_peak_bytes{replica}                gauge: peak CUDA memory of a replica's rank 0
+    itd_dit_steps_total                               counter: sampling steps finished (moves inside a window)
+    itd_window_progress{replica}                      gauge: share of its window's steps a replica has done
+
+Every sample also carries ``itd_job="<name>"`` (the output's file name by default), so the
+drivers of several jobs scraped by one Prometheus stay apart (``job`` itself is the scrape
+job's label).
 """
 
 from __future__ import annotations
@@ -26,16 +32,30 @@ __all__ = ["METRIC_NAMES", "FarmMetrics"]
 METRIC_NAMES = (
     "itd_windows", "itd_windows_planned", "itd_window_retries_total", "itd_replica_restarts_total",
     "itd_frames_rendered_total", "itd_frames_per_second", "itd_dit_step_seconds", "itd_window_seconds",
-    "itd_gpu_memory_peak_bytes",
+    "itd_gpu_memory_peak_bytes", "itd_dit_steps_total", "itd_window_progress",
 )
 STATES = ("queued", "running", "done", "failed")
+
+
+class _JobRegistry(CollectorRegistry):
+    """A registry whose every sample carries the job's label (prometheus_client has no
+    constant labels on a registry)."""
+
+    def __init__(self, job: str):
+        super().__init__()
+        self.job = job
+
+    def collect(self):
+        for family in super().collect():
+            family.samples = [s._replace(labels={"itd_job": self.job, **s.labels}) for s in family.samples]
+            yield family
 
 
 class FarmMetrics:
     """The job's metrics in their own registry; ``serve(port)`` exposes them over HTTP."""
 
-    def __init__(self, total: int, done: int = 0):
-        self.registry = r = CollectorRegistry()
+    def __init__(self, total: int, done: int = 0, job: str = "job"):
+        self.registry = r = _JobRegistry(job)
         self.windows = Gauge("itd_windows", "Windows of the job by state", ["state"], registry=r)
         Gauge("itd_windows_planned", "Windows in the job's plan", registry=r).set(total)
         self.retries = Counter("itd_window_retries", "Window attempts re-queued after a failure", registry=r)
@@ -47,6 +67,9 @@ class FarmMetrics:
         self.window_s = Histogram("itd_window_seconds", "Seconds of one window on one replica", registry=r,
                                   buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400, 4800))
         self.gpu_peak = Gauge("itd_gpu_memory_peak_bytes", "Peak CUDA memory of a replica's rank 0",
+                              ["replica"], registry=r)
+        self.steps = Counter("itd_dit_steps", "Sampling steps finished, reported after each step", registry=r)
+        self.progress = Gauge("itd_window_progress", "Share of its window's sampling steps a replica has done",
                               ["replica"], registry=r)
         for s in STATES:
             self.windows.labels(s).set(0)
@@ -109,8 +132,14 @@ class FarmMetrics:
         self.window_s.observe(seconds)
         for s in step_seconds:
             self.step.observe(s)
+        if replica is not None:
+            self.progress.labels(str(replica)).set(1.0)
         if replica is not None and gpu_peak_bytes:
             self.gpu_peak.labels(str(replica)).set(gpu_peak_bytes)
+
+    def stepped(self, replica: int, new_steps: int, share: float) -> None:
+        self.steps.inc(new_steps)
+        self.progress.labels(str(replica)).set(share)
 
     def retried(self) -> None:
         self._move("running", "queued")

@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 from infinitetalk_dist.errors import InfiniteTalkError, InputError
 
 from .driver import JobRun
+from .progress import ProgressBoard
 from .replica import ReplicaWorker
 from .store import StoreError
+
+PROGRESS_POLL_S = 2.0  # the driver reads the replicas' step reports this often while it waits
 
 __all__ = ["FarmError", "run_ray"]
 
@@ -85,6 +88,7 @@ class _Farm:
         self.world, self.bundle = ranks, bundle
         self.n = run.replicas
         self.worker = ray.remote(ReplicaWorker)
+        self.board = ray.remote(ProgressBoard).options(num_cpus=0).remote()  # the replicas' step reports
         self.tasks: dict = {}  # ObjectRef -> _Task
         self.idle: list[_Replica] = []
         self.replicas: list[_Replica] = []
@@ -124,7 +128,8 @@ class _Farm:
             self.worker.options(**opts, name=f"itd-r{rep.index}-k{k}-b{rep.builds}",
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(rep.pg, placement_group_bundle_index=k))
             .remote(self.request, self.job.store.url, k, self.world, self.reference, visible_gpu=True,
-                    cpu_threads=self.job.farm.cpu_threads(), window_ext=self.job.store.window_ext)
+                    cpu_threads=self.job.farm.cpu_threads(), window_ext=self.job.store.window_ext,
+                    board=self.board, replica=rep.index)
             for k in range(self.world)
         ]
         init = rep.actors[0].rendezvous.remote() if self.world > 1 else None
@@ -162,7 +167,10 @@ class _Farm:
 
         self.place()
         while self.tasks:
-            ready, _ = self.ray.wait(list(self.tasks), num_returns=1)
+            ready, _ = self.ray.wait(list(self.tasks), num_returns=1, timeout=PROGRESS_POLL_S)
+            self._progress()
+            if not ready:
+                continue
             ref = ready[0]
             task = self.tasks.pop(ref)
             try:
@@ -187,6 +195,19 @@ class _Farm:
                     raise FarmError(f"window {task.window.index}: {e}") from e
             self.idle.append(task.replica)
             self.dispatch()
+        self._progress()  # the last windows' step reports (they travel apart from the results)
+
+    def _progress(self) -> None:
+        """The step reports the replicas sent since the last look (a lost board only costs them)."""
+        from ray.exceptions import RayError
+
+        try:
+            latest = self.ray.get(self.board.read.remote(), timeout=PROGRESS_POLL_S)
+        except RayError as e:
+            log.debug("progress board: %s", e)
+            return
+        for replica, info in sorted(latest.items()):
+            self.run.report(replica, info)
 
     def failed(self, task: _Task, err: Exception) -> None:
         from ray.exceptions import RayActorError, RayTaskError
@@ -219,6 +240,7 @@ class _Farm:
                 remove_placement_group(rep.pg)
             except Exception:
                 pass
+        self.ray.kill(self.board)
 
 
 def _layout(job, have: dict) -> tuple[int, dict]:

@@ -25,6 +25,8 @@ from datetime import timedelta
 from infinitetalk_dist.pipeline.request import GenerateRequest
 from infinitetalk_dist.pipeline.sources import Reference
 
+from .progress import reporter
+
 __all__ = ["ReplicaWorker"]
 
 
@@ -32,7 +34,8 @@ class ReplicaWorker:
     """Rank ``rank`` of a replica of ``world`` ranks rendering windows of one job."""
 
     def __init__(self, request: GenerateRequest, store_url: str, rank: int, world: int, reference: Reference,
-                 *, visible_gpu: bool = False, cpu_threads: int | None = None, window_ext: str = "mkv"):
+                 *, visible_gpu: bool = False, cpu_threads: int | None = None, window_ext: str = "mkv",
+                 board=None, replica: int = 0):
         if visible_gpu and request.device.startswith("cuda"):
             # Ray shows each actor its own GPU through CUDA_VISIBLE_DEVICES.
             request = dataclasses.replace(request, device="cuda:0")
@@ -41,6 +44,8 @@ class ReplicaWorker:
         self.cpu_threads = cpu_threads  # device=cpu: the thread count fixes the bytes (FarmOptions.cpu_threads)
         self.window_ext = window_ext  # the store's: mkv (FFV1) or mp4 (H.264)
         self.runtime = self.hw = None
+        # Rank 0 tells the driver's ProgressBoard after every sampling step (farm/progress.py).
+        self.report = reporter(board if self.rank == 0 else None, replica)
 
     def rendezvous(self) -> str:
         """Rank 0: ``tcp://<this node's IP>:<free port>`` for the replica's process group."""
@@ -99,10 +104,12 @@ class ReplicaWorker:
         steps: list[float] = []
         last = [time.perf_counter()]
 
-        def on_step(_p) -> None:
+        def on_step(p) -> None:
             now = time.perf_counter()
             steps.append(now - last[0])
             last[0] = now
+            self.report({"window": w.index, "chunk": p.chunk, "chunks": p.chunks, "step": p.step,
+                         "steps": p.steps, "done": len(steps), "step_s": steps[-1]})
 
         t0 = time.perf_counter()
         scratch = tempfile.mkdtemp(prefix="itd-window-") if self.runtime.writer else None

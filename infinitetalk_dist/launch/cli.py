@@ -129,11 +129,36 @@ def _wrote(info, t0: float, suffix: str = "") -> None:
           f"audio {'yes' if info.audio else 'no'}) in {time.perf_counter() - t0:.1f} s{suffix}")
 
 
+def _save_config(config: Config) -> None:
+    """``<output>.config.yaml``: the resolved config of a finished render, beside its output
+    (rank 0 only under torchrun; written whole or not at all)."""
+    import os
+
+    from infinitetalk_dist.media.atomic import atomic_write
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    with atomic_write(f"{config.output}.config.yaml") as tmp:
+        OmegaConf.save(OmegaConf.structured(config), tmp)
+
+
+def _cpu_threads(config: Config) -> None:
+    """The process's torch threads for a CPU render (config.cpu_threads)."""
+    import torch
+
+    threads = config.cpu_threads or (1 if config.model.preset == "tiny" else None)
+    if torch.device(config.device).type == "cpu" and threads:
+        torch.set_num_threads(threads)
+
+
 def generate(config: Config) -> None:
     from infinitetalk_dist.pipeline.conform.run import generate_or_conform as run
 
+    _cpu_threads(config)
     t0 = time.perf_counter()
-    _wrote(run(config), t0)
+    info = run(config)
+    _save_config(config)
+    _wrote(info, t0)
 
 
 def plan(config: Config) -> None:
@@ -158,7 +183,9 @@ def run(config: Config) -> None:
     from infinitetalk_dist.farm.job import run_job
 
     t0 = time.perf_counter()
-    _wrote(run_job(config, config.farm), t0)
+    info = run_job(config, config.farm)
+    _save_config(config)
+    _wrote(info, t0)
 
 
 def k8s(config: Config) -> None:
@@ -207,11 +234,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Every option is a config path (the schema: infinitetalk_dist/launch/config.py; --cfg prints "
                "them); set any of them as key=value (e.g. sampler=lightx2v 'model.loras=[{path: lora.safetensors, strength: 1.0}]').",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_,
-                           epilog="key=value overrides set any config path; --cfg shows them all.")
+        p = sub.add_parser(name, help=help_, description=help_, epilog=_epilog(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
         if name == "k8s":
             p.add_argument("action", choices=["render"], help="render: write the manifests into k8s.out")
         if name in ("generate", "plan", "run", "k8s"):
@@ -241,6 +271,28 @@ def _parser() -> argparse.ArgumentParser:
             add_official_flags(p)
     _weights_parser(sub)
     return parser
+
+
+def _epilog(command: str) -> str:
+    """The config sections a command reads besides generate's flags, as key=value entries."""
+    from infinitetalk_dist.farm.options import FarmOptions
+
+    from .config import K8sOptions
+    from .helptext import config_help
+
+    sections = {"plan": [(FarmOptions, "farm")], "run": [(FarmOptions, "farm")],
+                "k8s": [(K8sOptions, "k8s"), (FarmOptions, "farm")]}.get(command, [])
+    parts = [f"{prefix} options (key=value):\n{config_help(cls, prefix)}" for cls, prefix in sections]
+    return "\n\n".join([*parts, "key=value overrides set any config path; --cfg shows them all."])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("infinitetalk-dist")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
 
 
 # The step-distilled sampler presets and the LoRA each is made for.
@@ -352,7 +404,8 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
         if overrides:
             parser.error(f"weights takes no config overrides: {' '.join(overrides)}")
         return _weights(args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     try:
         cfg = configure(args)
     except InputError as e:

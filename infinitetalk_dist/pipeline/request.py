@@ -244,6 +244,10 @@ class GenerateRequest:
     """T5 and CLIP between their calls: offload (host memory, on the GPU per call) | gpu (resident) | cpu (run there)."""
     fp8: bool = False
     """fp8 row-scaled linears in the DiT blocks (Ada/Hopper): faster, less exact (benchmarks/RESULTS.md)."""
+    cpu_threads: int | None = None
+    """Torch threads of a device=cpu render; null: 1 for the tiny preset (its small tensors gain
+    nothing from more, and OpenMP threads spinning on a core another process holds made the demo
+    ~30x slower), else torch's default (every core)."""
     progress: bool = True
     """Progress bars on stderr."""
     timings: bool = False
@@ -279,6 +283,8 @@ class GenerateRequest:
                                                 self.seed)
         if not 0 <= self.seed < 2**63:
             raise InputError(f"seed must be >= 0 (or -1 for a random one), got {self.seed}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise InputError(f"cpu_threads must be >= 1 (or null), got {self.cpu_threads}")
         if self.compile not in (True, False, "auto", None):
             raise InputError(f"compile must be auto, true or false, got {self.compile!r}")
         if self.vae_tiling not in VAE_TILING:

@@ -108,3 +108,33 @@ def test_window_codec(job, tmp_path, capsys):
     assert "farm.window_codec must be one of ffv1, h264, got 'vp9'" in capsys.readouterr().err
     with pytest.raises(InputError, match="the composite needs lossless crops"):
         FarmOptions(window_codec="h264").window_ext(conform=True)
+
+
+def test_steps_are_reported_inside_windows(job, tmp_path, monkeypatch):
+    """Every sampling step reaches the driver before its window ends: the progress metrics move
+    inside a window (itd_dit_steps_total, itd_window_progress), not only per window."""
+    from infinitetalk_dist.farm.driver import JobRun
+
+    events = []
+    real_report, real_finished = JobRun.report, JobRun.finished
+
+    def report(self, replica, info):
+        events.append(("step", info["window"], info["done"], info["chunks"] * info["steps"]))
+        real_report(self, replica, info)
+
+    def finished(self, w, a, result):
+        events.append(("done", w.index, len(result["step_seconds"]), None))
+        real_finished(self, w, a, result)
+
+    monkeypatch.setattr(JobRun, "report", report)
+    monkeypatch.setattr(JobRun, "finished", finished)
+    _, args = job
+    out = tmp_path / "film.mp4"
+    assert main(["run", *args, "-o", str(out)]) == 0
+    for kind, window, steps, _ in [e for e in events if e[0] == "done"]:
+        mine = [e for e in events[: events.index(("done", window, steps, None))] if e[:2] == ("step", window)]
+        assert [e[2] for e in mine] == list(range(1, steps + 1)) and mine[-1][3] == steps  # every step, in order
+    prom = (tmp_path / "film.mp4.job" / "metrics.prom").read_text()
+    total = sum(e[2] for e in events if e[0] == "done")
+    assert f'itd_dit_steps_total{{itd_job="film.mp4"}} {float(total)}' in prom
+    assert 'itd_window_progress{itd_job="film.mp4",replica="0"} 1.0' in prom

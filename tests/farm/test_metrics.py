@@ -6,10 +6,13 @@ from prometheus_client import generate_latest
 from infinitetalk_dist.farm.metrics import METRIC_NAMES, FarmMetrics
 
 
-def _samples(m: FarmMetrics) -> dict[str, float]:
+def _samples(m: FarmMetrics, job: str = "job") -> dict[str, float]:
+    """Sample name (with its labels but the job's) -> value; every sample carries the job's label."""
     text = generate_latest(m.registry).decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all(f'itd_job="{job}"' in line for line in lines)
+    bare = [line.replace(f'itd_job="{job}",', "").replace(f'{{itd_job="{job}"}}', "") for line in lines]
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in bare}
 
 
 def test_exported_names_are_the_documented_ones():
@@ -21,14 +24,14 @@ def test_exported_names_are_the_documented_ones():
 
 
 def test_values_follow_the_windows():
-    m = FarmMetrics(total=3)
+    m = FarmMetrics(total=3, job="film.mp4")
     m.started()
     m.started()
     m.retried()
     m.started()
     m.finished(frames=40, seconds=2.0, step_seconds=[0.1, 0.2], replica=1, gpu_peak_bytes=2**30)
     m.failed()
-    s = _samples(m)
+    s = _samples(m, "film.mp4")
     assert s['itd_windows{state="queued"}'] == 1 and s['itd_windows{state="running"}'] == 0
     assert s['itd_windows{state="done"}'] == 1 and s['itd_windows{state="failed"}'] == 1
     assert s["itd_window_retries_total"] == 1 and s["itd_frames_rendered_total"] == 40

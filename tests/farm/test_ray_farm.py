@@ -70,6 +70,12 @@ def reference(inputs, tmp_path_factory):
     return out.read_bytes()
 
 
+def _steps(out: Path) -> str:
+    """The job's itd_dit_steps_total line (the replicas' step reports, counted by the driver)."""
+    prom = (Path(f"{out}.job") / "metrics.prom").read_text()
+    return next(line for line in prom.splitlines() if line.startswith("itd_dit_steps_total"))
+
+
 def _timeline(out: Path) -> list[dict]:
     return json.loads((Path(f"{out}.job") / "timeline.json").read_text())
 
@@ -82,6 +88,7 @@ def _free_port() -> int:
 
 def _scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = text.replace('itd_job="film.mp4",', "").replace('{itd_job="film.mp4"}', "")  # every sample's job label
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
             if line and not line.startswith("#")}
 
@@ -100,7 +107,9 @@ def test_two_replicas_equal_local_and_report(cluster, inputs, reference, tmp_pat
     assert "![gantt](gantt.png)" in report and "backend: ray, 2 replica(s) x 1 rank(s) on CPU" in report
     for name in ("plan.png", "gantt.png"):
         assert (job / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert 'itd_windows{state="done"} 3.0' in (job / "metrics.prom").read_text()
+    assert 'itd_windows{itd_job="film.mp4",state="done"} 3.0' in (job / "metrics.prom").read_text()
+    local = next(tmp_path.parent.glob("ray-ref*/film.mp4"))  # the reference fixture's farm=local run
+    assert _steps(out) == _steps(local) and not _steps(out).endswith(" 0.0")  # every step reported
 
 
 def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, reference, tmp_path):
@@ -136,7 +145,8 @@ def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, referenc
     assert [a["outcome"] for a in tl].count("lost") == 1
     assert sorted(a["window"] for a in tl if a["outcome"] == "done") == [0, 1, 2]
     final = (Path(f"{out}.job") / "metrics.prom").read_text()
-    assert "itd_window_retries_total 1.0" in final and "itd_replica_restarts_total 1.0" in final
+    assert 'itd_window_retries_total{itd_job="film.mp4"} 1.0' in final
+    assert 'itd_replica_restarts_total{itd_job="film.mp4"} 1.0' in final
 
 
 def test_corrupted_window_is_rerendered(cluster, inputs, reference, tmp_path):
