@@ -37,6 +37,8 @@ GENERATE_FLAGS = {
     "--audio2": ("input.audio2", str, "second speaker's track"),
     "--audio-mode": ("input.audio_mode", str, "two speakers: para (together) or add (in turn)"),
     "--prompt": ("input.prompt", str, "text prompt"),
+    "--i2v-motion": ("input.i2v_motion", str, "I2V: zoom, pan or none: a slow virtual camera over the picture, so long "
+                     "I2V chunks are anchored on a moving view (the official tip: dub such a video as V2V)"),
     "--negative-prompt": ("input.negative_prompt", str, "negative prompt (default: Wan's)"),
     "--output": ("output", str, "output MP4 (written atomically)"),
     "--weights": ("model.weights", str, "official weights folder (selects the 14b model)"),

@@ -127,6 +127,9 @@ class InputOptions:
     """Two speakers: para (simultaneous) | add (one after the other)."""
     bbox: dict[str, Any] | None = None
     """Two speakers: {person1: [x0, y0, x1, y1], person2: [...]} on the source picture (x = rows)."""
+    i2v_motion: str = "none"
+    """I2V: a slow virtual camera over the picture (zoom | pan | none): each chunk is anchored on
+    the moved picture, as on a V2V source's frame (the official tip for long I2V, built in)."""
     prompt: str = "A person is talking."
     """Text prompt."""
     negative_prompt: str | None = None
@@ -145,6 +148,10 @@ class InputOptions:
             raise InputError("give input.face_box (--face-box) or input.face_boxes, not both")
         if self.audio_mode not in ("para", "add"):
             raise InputError(f"input.audio_mode must be para or add, got {self.audio_mode!r}")
+        if self.i2v_motion not in ("none", "zoom", "pan"):
+            raise InputError(f"input.i2v_motion must be zoom, pan or none, got {self.i2v_motion!r}")
+        if self.i2v_motion != "none" and self.video:
+            raise InputError("input.i2v_motion moves a picture (--image): a --video source already moves")
         if self.bbox is not None:
             try:
                 if any(len(b) != 4 or not all(isinstance(v, (int, float)) for v in b) for b in self.boxes):

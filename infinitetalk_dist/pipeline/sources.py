@@ -42,6 +42,7 @@ class Reference:
     video_path: str | None = None
     video_index: Any = None  # VideoSource.index: the frame timestamps, shipped instead of rebuilt
     crops: tuple | None = None  # conform: ((start_s, (left, top, right, bottom)), ...) per shot
+    motion: str = "none"  # I2V: a virtual camera over the picture (zoom | pan | none), see moved_picture
     _video: VideoSource | None = field(default=None, repr=False, compare=False)
 
     def video(self) -> VideoSource | None:
@@ -52,6 +53,8 @@ class Reference:
     def frame(self, index: int, hw: tuple[int, int]) -> torch.Tensor:
         """Job frame ``index`` as the model's reference image ``[3, H, W]`` in [-1, 1]."""
         video = self.video()
+        if video is None and self.motion != "none":
+            return image_to_tensor(moved_picture(self.picture, self.motion, index / FPS), hw)
         if video is None or index == 0:
             return image_to_tensor(self.picture, hw)
         frame = video.frame_for_output_index(index, FPS, clamp=True)
@@ -74,12 +77,35 @@ class Reference:
         """A copy to send to other processes: the video's frame index built (once, here)."""
         video = self.video()
         if video is None:
-            return Reference(self.picture)
+            return Reference(self.picture, motion=self.motion)
         path = self.video_path if "://" in self.video_path else str(Path(self.video_path).resolve())
         return Reference(self.picture, path, video.index, self.crops)
 
     def __getstate__(self):
         return {**self.__dict__, "_video": None}  # an open decoder does not travel
+
+
+MOTION_PERIOD_S = 12.0  # one slow zoom in and out, or one pan across and back
+MOTION_SPAN = 0.12  # of the picture's size: the zoom's depth, the pan's crop margin
+
+
+def moved_picture(picture: Image.Image, motion: str, seconds: float) -> Image.Image:
+    """The picture as a slowly moving camera sees it ``seconds`` in: ``zoom`` into the centre
+    and back out (the whole picture at 0 s), or ``pan`` a crop smaller by ``MOTION_SPAN`` from
+    the centre to one side, the other and back. The official tip for long I2V — dub such a
+    video as V2V, so that the chunks' anchors move — done here frame by frame, no video written."""
+    w, h = picture.size
+    phase = 2 * np.pi * seconds / MOTION_PERIOD_S
+    if motion == "zoom":
+        scale = 1 - MOTION_SPAN * (1 - np.cos(phase)) / 2
+        cx, cy = w / 2, h / 2
+    elif motion == "pan":
+        scale = 1 - MOTION_SPAN
+        cx, cy = w / 2 + (1 - scale) * w / 2 * np.sin(phase), h / 2
+    else:
+        raise ValueError(f"unknown i2v motion {motion!r}")
+    box = (cx - scale * w / 2, cy - scale * h / 2, cx + scale * w / 2, cy + scale * h / 2)
+    return picture.resize((w, h), Image.Resampling.BICUBIC, box=tuple(float(v) for v in box))
 
 
 def entry_at(entries, seconds: float):
@@ -140,7 +166,7 @@ def resolve_sources(inputs: InputOptions, output: Path, *, seed: int, allow_demo
         source = VideoSource(video)
         reference = Reference(Image.fromarray(np.ascontiguousarray(source.frame(0))), str(video), _video=source)
     else:
-        reference = Reference(Image.fromarray(read_image(image)))
+        reference = Reference(Image.fromarray(read_image(image)), motion=inputs.i2v_motion)
 
     mode = inputs.audio_mode
     speakers = prepare_audio(audio, audio2, mode)
