@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from infinitetalk_dist.media import MediaError, VideoSource, read_image, to_uint8_frames, write_mp4
+from infinitetalk_dist.media import MediaError, VideoSource, load_audio, read_image, to_uint8_frames, write_mp4
 from infinitetalk_dist.samples import face_image, speech_like, write_demo_inputs
 from tests.media_probe import probe
 
@@ -464,3 +464,50 @@ def test_samples_are_deterministic_and_plausible(tmp_path):
     with wave.open(str(w1)) as wf:
         assert (wf.getnchannels(), wf.getframerate(), wf.getsampwidth()) == (1, 16000, 2)
         assert wf.getnframes() == 16000
+
+
+def _aac_71(path, seconds=1.0, sr=48000):
+    """A 7.1 AAC track (decodes to planar float: 8 planes), tones of a different level per channel."""
+    import av
+
+    t = np.arange(int(seconds * sr)) / sr
+    x = (np.sin(2 * np.pi * 440 * t)[None] * np.linspace(0.1, 0.4, 8)[:, None]).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=sr)
+        s.layout = "7.1"
+        for i in range(0, x.shape[1], 1024):  # packed frames: PyAV cannot build planar ones of 8 channels
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, i:i + 1024].T.reshape(1, -1)), format="flt",
+                                           layout="7.1")
+            f.sample_rate = sr
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6, 8, 12, 16])
+def test_any_channel_count_is_averaged_to_mono(tmp_path, channels):
+    """8+ channel audio used to kill the process (PyAV's to_ndarray of a planar frame): every
+    channel count is averaged exactly as before, in packed form."""
+    import wave
+
+    sr = 16000
+    x = (np.random.default_rng(channels).standard_normal((sr, channels)) * 3000).astype(np.int16)
+    path = tmp_path / f"ch{channels}.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels), w.setsampwidth(2), w.setframerate(sr), w.writeframes(x.tobytes())
+    np.testing.assert_array_equal(load_audio(path), x.astype(np.float32).mean(axis=1) / 32768)
+
+
+def test_planar_71_track_loads_and_is_carried(tmp_path):
+    from infinitetalk_dist.media import write_video
+
+    src = _aac_71(tmp_path / "mix71.m4a")
+    assert load_audio(src).shape[0] == pytest.approx(16000, abs=400)
+    frames = [np.zeros((16, 16, 3), np.uint8)] * 25
+    write_video(tmp_path / "a.mkv", frames, fps=25, audio=src)  # FLAC keeps the 8 channels
+    import av
+
+    with av.open(str(tmp_path / "a.mkv")) as c:
+        assert c.streams.audio[0].codec_context.channels == 8

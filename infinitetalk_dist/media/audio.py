@@ -146,8 +146,11 @@ def _decode_stream(container, stream, name: str, sr: int, strict: bool) -> np.nd
     def push(frame):
         out = resampler.resample(frame)
         for f in out:
-            a = f.to_ndarray()  # fltp: [channels, samples]
-            chunks.append(a[0].copy() if a.shape[0] == 1 else a.mean(axis=0, dtype=np.float32))
+            # Packed float (one plane, channels interleaved): PyAV's to_ndarray of a planar frame
+            # with 8+ channels reads past its plane pointers and crashes the process.
+            channels = len(f.layout.channels)
+            a = f.to_ndarray().reshape(-1, channels)  # [samples, channels]
+            chunks.append(a[:, 0].copy() if channels == 1 else a.mean(axis=1, dtype=np.float32))
 
     try:
         for frame in decode(container, stream, damage):
@@ -157,7 +160,7 @@ def _decode_stream(container, stream, name: str, sr: int, strict: bool) -> np.nd
             if key != setup:  # first frame, or the stream changed format mid-way
                 if resampler is not None:
                     push(None)
-                resampler = av.AudioResampler(format="fltp", rate=sr)
+                resampler = av.AudioResampler(format="flt", rate=sr)
                 setup = key
             if t_first is None:
                 t_first = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else 0.0

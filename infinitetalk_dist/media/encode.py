@@ -360,12 +360,19 @@ def _file_track(container, ext, p: Path, index: int) -> _Track:
         errors: list[DecodeProblem] = []  # a damaged soundtrack is used as far as it decodes
 
         def chunks():
+            packer = None  # planar frames of 8+ channels crash PyAV's to_ndarray: pack them first (exact)
             for f in decode(src, s, errors):
-                a = f.to_ndarray()
-                a = a if f.format.is_planar else a.reshape(f.samples, -1).T
-                if a.shape[0] != cc.channels:
-                    raise MediaError(p, f"audio stream {index} changes to {a.shape[0]} channels")
-                yield a
+                if f.format.is_planar:
+                    packer = packer or av.AudioResampler(format=f.format.packed.name, layout=f.layout,
+                                                         rate=f.sample_rate)
+                    packed = packer.resample(f)
+                else:
+                    packed = [f]
+                for g in packed:
+                    a = g.to_ndarray().reshape(g.samples, -1).T
+                    if a.shape[0] != cc.channels:
+                        raise MediaError(p, f"audio stream {index} changes to {a.shape[0]} channels")
+                    yield a
 
         # 8- and 16-bit sources stay 16-bit in FLAC; anything else is kept at 24 bits
         wide = cc.format is None or cc.format.name.rstrip("p") not in ("u8", "s16")
