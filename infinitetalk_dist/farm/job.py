@@ -27,7 +27,7 @@ from infinitetalk_dist.media.encode import check_output
 from infinitetalk_dist.pipeline.conform.run import ConformPlan, plan_conform, write_conformed
 from infinitetalk_dist.pipeline.generate import read_sources
 from infinitetalk_dist.pipeline.request import GenerateRequest
-from infinitetalk_dist.pipeline.sources import Sources
+from infinitetalk_dist.pipeline.sources import Sources, check_not_an_input
 from infinitetalk_dist.timeline import FPS
 
 from .options import FarmOptions
@@ -117,6 +117,8 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     Conform jobs: the shots' boxes are found here, once; workers get the cropped reference and
     the boxes are part of the stored settings (a resumed job renders the same crops)."""
     output, sources = read_sources(request)
+    store_url = farm.store_url(request.output)
+    check_not_an_input(store_url, sources.files.values(), what="job store")
     conform = None
     settings = job_settings(request)
     settings["window_codec"] = farm.window_codec  # a resumed job keeps its windows' format
@@ -128,7 +130,7 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
         settings["conform_boxes"] = [[start, None if b is None else b.to_json()]
                                      for (start, _), b in zip(conform.shots, conform.boxes)]
     plan = plan_sources(request, farm, sources, cut_times=conform.cuts if conform else None)
-    store = JobStore.create_or_open(farm.store_url(request.output), plan.to_json(), settings, job_inputs(sources),
+    store = JobStore.create_or_open(store_url, plan.to_json(), settings, job_inputs(sources),
                                     window_ext=ext)
     done = store.done()
     todo = [w for w in plan.windows if w.index not in done]

@@ -29,7 +29,7 @@ from .profile import StageTimer, maybe_stage
 from .request import GenerateRequest
 from .runtime import Runtime, replica_runtime, tokenizer
 from .sampler import guidance_branches
-from .sources import Reference, Sources, resolve_sources
+from .sources import Reference, Sources, check_destination, check_not_an_input, resolve_sources
 from .teacache import teacache_on
 from .text import DEFAULT_NEGATIVE_PROMPT, PromptEncoder
 
@@ -45,8 +45,12 @@ def read_sources(request: GenerateRequest) -> tuple[Path, Sources]:
     allowed = (".mp4", ".mov", ".mkv") if request.conform.enabled else (".mp4",)
     if output.suffix.lower() not in allowed:
         raise InputError(f"output must be a {' or '.join(allowed)} file, got {output}")
-    return output, resolve_sources(request.input, output, seed=request.seed,
-                                   allow_demo=request.model.preset == "tiny" and not request.model.weights)
+    check_destination(output)
+    sources = resolve_sources(request.input, output, seed=request.seed,
+                              allow_demo=request.model.preset == "tiny" and not request.model.weights)
+    others = [f for f in (request.conform.mix, request.input.face_boxes) if f]  # inputs that are not media
+    check_not_an_input(output, [*sources.files.values(), *others])
+    return output, sources
 
 
 def output_hw(request: GenerateRequest, reference: Reference) -> tuple[int, int]:

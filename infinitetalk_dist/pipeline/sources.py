@@ -26,7 +26,8 @@ from .audio import SpeakerAudio, prepare_audio, prepare_speakers
 from .conditioning import image_to_tensor
 from .request import InputOptions
 
-__all__ = ["MIX_RATE", "Reference", "Sources", "entry_at", "resolve_sources"]
+__all__ = ["MIX_RATE", "Reference", "Sources", "check_destination", "check_not_an_input", "entry_at",
+           "resolve_sources"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,36 @@ class Sources:
     def mix_rate(self) -> int | None:
         """Sample rate of ``mix_original`` when it is samples (None: a file)."""
         return None if isinstance(self.mix_original, str) else MIX_RATE
+
+
+def check_destination(path: str | Path, what: str = "output") -> None:
+    """Before any work: ``path`` is not a folder, and its folder exists (made if missing) and
+    takes a file (a probe file is created there and removed): an unwritable place fails now,
+    not after the render. URLs (fsspec stores) are left to their filesystem."""
+    import tempfile
+
+    if "://" in str(path):
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder: give a file name")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise InputError(f"{what} {p}: cannot write in {p.parent} ({e.strerror or e})") from None
+
+
+def check_not_an_input(path: str | Path, files, what: str = "output") -> None:
+    """``path`` (an output or a job store) is none of the job's input files and not inside one."""
+    if "://" in str(path):
+        return
+    p = Path(path).expanduser().resolve()
+    for f in files:
+        src = Path(f).expanduser().resolve()
+        if p == src or src in p.parents:
+            raise InputError(f"{what} {path} is the input {f}: it would be overwritten; choose another name")
 
 
 def resolve_sources(inputs: InputOptions, output: Path, *, seed: int, allow_demo: bool) -> Sources:
