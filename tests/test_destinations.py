@@ -56,3 +56,17 @@ def test_unusable_places_fail_before_work_and_a_missing_folder_is_made(inputs, t
     out = tmp_path / "new" / "deeper" / "out.mp4"
     assert main(["generate", *args, "-o", str(out)]) == 0
     assert out.stat().st_size > 0 and not list(out.parent.glob("*.probe"))
+
+
+def test_random_14b_weights_are_refused_where_they_cannot_fit(inputs, tmp_path, capsys, monkeypatch):
+    """--preset 14b without --weights used to fill host memory until the OOM killer ended it."""
+    import infinitetalk_dist.pipeline.runtime as rt
+
+    monkeypatch.undo()  # the models may be built (the tiny ones)
+    monkeypatch.setattr(rt, "free_bytes", lambda device: 8 * 2**30)  # an 8 GiB machine
+    image, audio, _ = inputs
+    args = ["--image", str(image), "--audio", str(audio), *FAST]
+    _refused(capsys, ["generate", "--preset", "14b", *args, "-o", str(tmp_path / "big.mp4")],
+             "--preset 14b without --weights makes random weights")
+    assert not (tmp_path / "big.mp4").exists()
+    assert main(["generate", *args, "-o", str(tmp_path / "tiny.mp4")]) == 0  # the tiny preset fits

@@ -40,19 +40,26 @@ def random_models(name: str, seed: int, dtype: torch.dtype, device: str | torch.
     models out (``None``), e.g. ``("t5",)``.
     """
     preset = PRESETS[name]()
+    made = {key: None if key in skip else
+            randomize_(m, seeded(seed * 1000 + offset, generator_device), model_dtype or dtype, device)
+            for key, m, offset, model_dtype in _meta_models(preset)}
+    return Models(preset, made["dit"], made["vae"], made["clip"], made["t5"], made["wav2vec2"])
 
-    def make(key, cls, cfg, offset, model_dtype=dtype):
-        if key in skip:
-            return None
-        with torch.device("meta"):
-            m = AudioEncoder.from_config(cfg) if cls is AudioEncoder else cls(cfg)
-        return randomize_(m, seeded(seed * 1000 + offset, generator_device), model_dtype, device)
 
-    # VAE and CLIP stay float32, as when loading the official files.
-    return Models(preset, make("dit", InfiniteTalkDiT, preset.dit, 1),
-                  make("vae", WanVAE, preset.vae, 2, torch.float32),
-                  make("clip", CLIPVisionEncoder, preset.clip, 3, torch.float32),
-                  make("t5", UMT5Encoder, preset.t5, 4), make("wav2vec2", AudioEncoder, preset.wav2vec2, 5))
+def preset_bytes(name: str, dtype: torch.dtype) -> int:
+    """Bytes of every model of preset ``name`` in ``dtype`` (VAE and CLIP in float32), counted on
+    the meta device: what :func:`random_models` would allocate."""
+    return sum(p.numel() * (model_dtype or dtype).itemsize
+               for _, m, _, model_dtype in _meta_models(PRESETS[name]()) for p in m.parameters())
+
+
+def _meta_models(preset):
+    """(key, the model on the meta device, seed offset, its dtype or None for the requested one).
+    VAE and CLIP stay float32, as when loading the official files."""
+    with torch.device("meta"):
+        return [("dit", InfiniteTalkDiT(preset.dit), 1, None), ("vae", WanVAE(preset.vae), 2, torch.float32),
+                ("clip", CLIPVisionEncoder(preset.clip), 3, torch.float32), ("t5", UMT5Encoder(preset.t5), 4, None),
+                ("wav2vec2", AudioEncoder.from_config(preset.wav2vec2), 5, None)]
 
 
 def load_models(weights: str | Path, *, variant: str = "single", dtype: torch.dtype = torch.bfloat16,

@@ -75,6 +75,7 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
                              host=("t5", "clip", "wav2vec2") if host else (), preset=request.model.preset)
         models.dit = dit
     else:  # the tiny preset: the same seeded weights on every rank, then parallelised
+        _check_random_fits(request.model.preset, dtype, device)
         models = random_models(request.model.preset, request.seed, dtype, device)
         models.dit.set_attn_backend(backend)
         parallelize_dit(models.dit, state, fsdp=fsdp)
@@ -86,6 +87,27 @@ def build_models(request: GenerateRequest, state: ParallelState | None = None) -
     if vae_dtype != torch.float32:
         models.vae.to(vae_dtype)
     return models
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory of ``device``: the GPU's, or the host's available physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_random_fits(preset: str, dtype: torch.dtype, device: torch.device) -> None:
+    """Random weights of ``preset`` (no weights folder) are made only where they fit: the 14B
+    preset needs ~60-100 GB, which on a laptop ends in the OOM killer with no message."""
+    from infinitetalk_dist.models.build import preset_bytes
+
+    need, free = preset_bytes(preset, dtype), free_bytes(device)
+    if need > 0.9 * free:
+        raise InputError(f"--preset {preset} without --weights makes random weights: {need / 2**30:.0f} GiB on "
+                         f"{device}, {free / 2**30:.0f} GiB free; give --weights DIR (the official folder: "
+                         "infinitetalk-dist weights download DIR) or use --preset tiny")
 
 
 def speed_up(request: GenerateRequest, models: Models, world: int = 1) -> Models:
