@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infinitetalk_dist.errors import InfiniteTalkError, InputError
 
-from .config import Config, compose, to_config
+from .config import Config, compose, literal, literal_strings, to_config
 from .official import add_official_flags, input_json_values, official_values
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,14 @@ def _save_config(config: Config) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     with atomic_write(f"{config.output}.config.yaml") as tmp:
-        OmegaConf.save(OmegaConf.structured(config), tmp)
+        OmegaConf.save(_literal_config(config), tmp)
+
+
+def _literal_config(config: Config) -> DictConfig:
+    """``config`` as a DictConfig whose user strings stay literal when it is loaded again."""
+    node = OmegaConf.structured(config)
+    literal_strings(node)
+    return node
 
 
 def _cpu_threads(config: Config) -> None:
@@ -198,7 +205,7 @@ def k8s(config: Config) -> None:
 
     from .k8s import job_manifests, render, write_manifests
 
-    cfg = OmegaConf.structured(config)
+    cfg = _literal_config(config)  # user strings stay text through the rendering
     out = Path(config.k8s.out or Path(config.output).parent / "k8s")
     defaults = compose([])
     docs = render(cfg, defaults, jobs=not config.k8s.titles)
@@ -208,12 +215,12 @@ def k8s(config: Config) -> None:
         if not rows or not {"name", "audio"} <= set(rows[0]):
             raise ValueError(f"{config.k8s.titles}: need a header with at least name,audio (and video or image)")
         for row in rows:
-            title = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-            title.k8s.name = row["name"]
+            title = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # escaped strings stay escaped
+            title.k8s.name = literal(row["name"])
             for key in ("video", "image", "audio", "audio2"):
                 if row.get(key):
-                    title.input[key] = row[key]
-            title.output = row.get("output") or f"/data/out/{row['name']}.mp4"
+                    title.input[key] = literal(row[key])
+            title.output = literal(row.get("output") or f"/data/out/{row['name']}.mp4")
             docs.update(job_manifests(title, defaults))
     for path in write_manifests(docs, out):
         print(path)
@@ -382,6 +389,7 @@ def configure(args: argparse.Namespace) -> DictConfig:
             # A list (--lora's LoraSpec list) is merged so that its elements are validated and
             # converted by the schema; a merged list replaces the old one whole.
             OmegaConf.update(cfg, path, value, merge=isinstance(value, list))
+        literal_strings(cfg)  # user strings are data: no ${...} interpolation
     distilled = [g.split("=", 1)[1] for g in groups + args.overrides if g.split("=", 1)[0] == "sampler"]
     quant_lora = "_lora" in str(cfg.model.get("quant_file") or "")
     if distilled and distilled[-1] in DISTILLED and cfg.model.weights and not cfg.model.loras and not quant_lora:
@@ -419,7 +427,7 @@ def main(argv: list[str] | None = None, commands: dict | None = None) -> int:
     try:
         config = to_config(cfg)
         if args.cfg:  # with the derived defaults resolved (shift, size table, weights variant)
-            print(OmegaConf.to_yaml(OmegaConf.structured(config)))
+            print(OmegaConf.to_yaml(_literal_config(config)))
             return 0
         command = args.command
         if command == "generate" and getattr(args, "scene_seg", False):  # the official --scene_seg

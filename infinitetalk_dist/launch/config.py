@@ -15,17 +15,19 @@ exists), so ``+site=cluster +job=film_dub`` picks ``conf/site/cluster.yaml`` and
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from infinitetalk_dist.errors import InputError
 from infinitetalk_dist.farm.options import FarmOptions
 from infinitetalk_dist.pipeline.request import GenerateRequest
 
-__all__ = ["Config", "K8sOptions", "SmokeOptions", "compose", "search_path", "to_config"]
+__all__ = ["Config", "K8sOptions", "SmokeOptions", "compose", "literal", "literal_strings", "search_path",
+           "to_config"]
 
 CONF_ENV = "INFINITETALK_CONF"
 
@@ -126,6 +128,28 @@ def compose(overrides: list[str]) -> DictConfig:
         overrides = [f"hydra.searchpath=[file://{extra}]", *overrides]
     with initialize_config_module(version_base="1.3", config_module="infinitetalk_dist.conf"):
         return hydra_compose(config_name="config", overrides=overrides)
+
+
+def literal(text: str) -> str:
+    """``text`` escaped for OmegaConf so that a ``${...}`` in it stays text (each ``${`` after k
+    backslashes gets 2k + 1 of them: the backslashes stay, the interpolation does not happen)."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def literal_strings(node) -> None:
+    """Every string in the composed config ``node`` is data: a prompt or a path holding
+    ``${oc.env:SECRET}`` must not expand the renderer's environment (or fail on other ``${...}``).
+    Our own configs use no interpolation, so every ``${`` is the user's."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for k in keys:
+        child = node._get_node(k)
+        if isinstance(child, (DictConfig, ListConfig)):
+            if not child._is_none() and not child._is_missing():
+                literal_strings(child)
+            continue
+        raw = child._value()
+        if isinstance(raw, str) and "${" in raw:
+            node[k] = literal(raw)
 
 
 def to_config(cfg: DictConfig) -> Config:

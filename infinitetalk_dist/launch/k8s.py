@@ -52,7 +52,7 @@ def _value(v: Any) -> str:
     """A Hydra override value: strings quoted, lists/dicts in flow style."""
     if isinstance(v, str):
         plain = re.fullmatch(r"[A-Za-z_/.][\w./@+-]*", v) and v.lower() not in ("null", "true", "false", "none")
-        return v if plain else "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return v if plain else _quoted(v)
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -60,6 +60,17 @@ def _value(v: Any) -> str:
     if isinstance(v, (list, dict)):
         return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
     return str(v)
+
+
+def _quoted(text: str) -> str:
+    """A Hydra quoted override value that composes back to ``text``: ``${`` escaped for OmegaConf
+    (a literal, not an interpolation), then Hydra's rule — backslashes are literal except before a
+    quote or at the end, where each is doubled — so ``a\\d`` arrives as ``a\\d``, not doubled."""
+    from .config import literal
+
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", literal(text))
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"
 
 
 def config_overrides(cfg: DictConfig, defaults: DictConfig) -> list[str]:

@@ -191,3 +191,25 @@ def test_readme_sizing_table_is_what_the_script_prints():
     table = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sizing.py")], capture_output=True, text=True,
                            check=True).stdout.strip()
     assert table in (REPO / "README.md").read_text(), "README sizing table is stale: paste benchmarks/sizing.py's output"
+
+
+def test_user_strings_are_literal_data(tmp_path, monkeypatch, capsys):
+    """A prompt holding ${oc.env:...}, quotes and backslashes: never interpolated (the renderer's
+    secret stays out of the manifests and their names), and the pod's entrypoint composes back to
+    the same text; a titles CSV field likewise; --cfg and the local config agree."""
+    monkeypatch.setenv("ITD_SECRET", "hunter2")
+    prompt = r"It's a\d ${oc.env:ITD_SECRET} ${nokey} \${x} end\ "
+    out = tmp_path / "m"
+    titles = tmp_path / "titles.csv"
+    titles.write_text("name,audio,video\nep-${oc.env:ITD_SECRET},/data/in/ep1.wav,/data/in/ep1.mp4\n")
+    assert main(["k8s", "render", *JOB, "--prompt", prompt, f"k8s.out={out}"]) == 0
+    assert main(["k8s", "render", *JOB, "--prompt", prompt, f"k8s.titles={titles}",
+                 f"k8s.out={tmp_path / 't'}"]) == 0
+    for folder in (out, tmp_path / "t"):
+        for p in folder.iterdir():
+            assert "hunter2" not in p.name and "hunter2" not in p.read_text(), p
+    entry = _docs(out)["rayjob-film.yaml"]["spec"]["entrypoint"]
+    replayed = to_config(compose(["farm=ray", *shlex.split(entry)[4:]]))
+    assert replayed.input.prompt == prompt
+    assert main(["generate", "--prompt", prompt, "--cfg"]) == 0
+    assert "hunter2" not in capsys.readouterr().out
