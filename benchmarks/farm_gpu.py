@@ -118,7 +118,7 @@ def main() -> None:
         lora = next(Path(args.weights).glob("lightx2v_lora_rank*.safetensors"))
         model = ["--weights", args.weights, "--device", "cuda", "--dtype", "bfloat16", "--lora", f"{lora}:1.0"]
     common = [*model, "--no-progress", "--image", files["face"], "--audio", files["speech"], "--sampler", "lightx2v",
-              "timings=true", f"farm.replicas={args.replicas}", f"farm.target_s={args.window_s}", *args.extra]
+              "timings=true", f"farm.replicas={args.replicas}", f"farm.target_s={args.window_s}", f"farm.min_s={min(10.0, args.window_s)}", *args.extra]
     ray_mp4 = args.out / "ray.mp4"
     print(f"farm=ray: {args.seconds:.0f} s of speech, {args.replicas} replica(s)", flush=True)
     ray = run_cli([*common, "-o", str(ray_mp4), "farm=ray"], args.out / "ray.log", kill=args.kill,

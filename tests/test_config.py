@@ -55,6 +55,14 @@ def test_groups_compose_into_the_typed_config():
     ("sampler.frame_num=80", 1, "4n+1"),
     ("dtype=float16", 1, "dtype must be"),
     ("farm.backend=spark", 1, "farm.backend"),
+    ("device=tpu", 1, "device must be cpu, cuda or cuda:N"),   # issue 19: values checked before work
+    ("device=cuda:x", 1, "device must be"),
+    ("sampler.shift=-1", 1, "sampler.shift must be > 0"),
+    ("sampler.text_scale=nan", 1, "finite"),
+    ("sampler.steps=100000", 1, "sampler.steps must be in [1, 1000]"),
+    ("model.loras=[{path: x.safetensors}]", 1, "needs --weights"),
+    ("farm.target_s=0.1", 1, "farm.target_s must be within"),
+    ("farm.min_s=200", 1, "farm.min_s must be in"),
 ])
 def test_bad_values_are_one_error_line(override, rc, message, capsys, tmp_path):
     assert main(["generate", "-o", str(tmp_path / "x.mp4"), override]) == rc
@@ -82,12 +90,13 @@ def test_flags_with_lists_and_dicts_fill_the_typed_fields(tmp_path):
     from infinitetalk_dist.launch import cli
 
     args, overrides = cli._parser().parse_known_args(
-        ["generate", "--lora", "a.safetensors:0.5", "--lora", "b.safetensors", "--bbox", *"0 0 10 10 0 10 10 20".split()])
+        ["generate", "--weights", str(tmp_path), "--lora", "a.safetensors:0.5", "--lora", "b.safetensors", "--bbox",
+         *"0 0 10 10 0 10 10 20".split()])
     args.overrides = overrides
     typed = to_config(cli.configure(args))
     assert [(lo.path, lo.strength) for lo in typed.model.loras] == [("a.safetensors", 0.5), ("b.safetensors", 1.0)]
     assert isinstance(typed.model.loras[0], R.LoraSpec) and typed.input.boxes == [[0, 0, 10, 10], [0, 10, 10, 20]]
-    assert main(["generate", "--cfg", "--lora", "a.safetensors:0.5"]) == 0
+    assert main(["generate", "--cfg", "--weights", str(tmp_path), "--lora", "a.safetensors:0.5"]) == 0
 
 
 def test_each_command_help_shows_its_own_options(capsys):
@@ -109,3 +118,10 @@ def test_each_command_help_shows_its_own_options(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("infinitetalk-dist ")
+
+
+def test_a_flag_and_the_same_key_value_are_refused_and_an_inverted_box(capsys):
+    assert main(["generate", "--steps", "3", "sampler.steps=4", "--cfg"]) == 1
+    assert "set twice: sampler.steps" in capsys.readouterr().err
+    assert main(["generate", "--bbox", *"0 0 10 10 5 5 1 1".split(), "--cfg"]) == 1
+    assert "person2 [5.0, 5.0, 1.0, 1.0]: need 0 <= x0 < x1" in capsys.readouterr().err

@@ -129,7 +129,7 @@ def test_defaults_match_the_official_tool_or_say_so(tmp_path, capsys, caplog):
 
     out = cfg()
     assert "color_correction: 1.0" in out and "shift: 7.0" in out and "size: tiny" in out and "variant: auto" in out
-    out = cfg("--size", "infinitetalk-720", "--lora_dir", "a.safetensors")
+    out = cfg("--size", "infinitetalk-720", "--lora_dir", "a.safetensors", "--weights", str(tmp_path))
     assert "shift: 11.0" in out and "size: '720'" in out and "strength: 1.2" in out
 
     from infinitetalk_dist.launch.config import compose, to_config

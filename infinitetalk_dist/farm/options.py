@@ -56,6 +56,11 @@ class FarmOptions:
         for name in ("replicas", "max_attempts"):
             if getattr(self, name) < 1:
                 raise InputError(f"farm.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.min_s <= self.max_s:
+            raise InputError(f"farm.min_s must be in (0, farm.max_s={self.max_s}], got {self.min_s}")
+        if self.target_s is not None and not self.min_s <= self.target_s <= self.max_s:
+            raise InputError(f"farm.target_s must be within [farm.min_s, farm.max_s] = [{self.min_s}, {self.max_s}], "
+                             f"got {self.target_s}")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             raise InputError(f"farm.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
         if self.window_codec not in WINDOW_EXT:

@@ -383,6 +383,10 @@ def configure(args: argparse.Namespace) -> DictConfig:
     """The composed config of parsed arguments: group flags and ``key=value`` overrides composed,
     then the plain flags' values set on it."""
     groups, values = _apply_flags(args)
+    given = {o.lstrip("+~").split("=", 1)[0]: o for o in args.overrides}
+    twice = [f"{path} ({given[path]} and a flag)" for path in values if path in given]
+    if twice:  # a flag silently beating the key=value the user also wrote
+        raise InputError(f"set twice: {', '.join(twice)}; keep one")
     cfg = compose(groups + args.overrides)
     with open_dict(cfg):
         for path, value in values.items():

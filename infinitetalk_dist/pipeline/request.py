@@ -9,6 +9,7 @@ field's docstring is its documentation (``--cfg`` shows the values).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from infinitetalk_dist.errors import InputError
 
 from .encoders import ENCODER_MODES
 from .vae_tiles import VAE_TILING
+
+MAX_STEPS = 1000  # the flow schedule's timesteps: more steps than that repeat them
 
 __all__ = ["DTYPES", "ConformOptions", "GenerateRequest", "InputOptions", "LoraSpec", "ModelOptions", "ParallelOptions",
            "SamplerOptions", "torch_dtype"]
@@ -101,8 +104,13 @@ class SamplerOptions:
     """TeaCache threshold (higher skips more)."""
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise InputError(f"sampler.steps must be >= 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InputError(f"sampler.steps must be in [1, {MAX_STEPS}] (the schedule's timesteps), got {self.steps}")
+        if self.shift is not None and not (math.isfinite(self.shift) and self.shift > 0):
+            raise InputError(f"sampler.shift must be > 0, got {self.shift}")
+        for name in ("text_scale", "audio_scale"):
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(f"sampler.{name} must be a finite number, got {getattr(self, name)}")
         if self.frame_num % 4 != 1:
             raise InputError(f"sampler.frame_num must be 4n+1, got {self.frame_num}")
         if not 0 < self.motion_frame < self.frame_num:
@@ -158,6 +166,9 @@ class InputOptions:
                     raise TypeError
             except (KeyError, TypeError):
                 raise InputError("input.bbox must be {person1: [x0, y0, x1, y1], person2: [...]}") from None
+            for who, (x0, y0, x1, y1) in zip(("person1", "person2"), self.boxes):
+                if not (0 <= x0 < x1 and 0 <= y0 < y1):
+                    raise InputError(f"input.bbox {who} {[x0, y0, x1, y1]}: need 0 <= x0 < x1 and 0 <= y0 < y1")
 
     @property
     def boxes(self) -> list[list[float]] | None:
@@ -290,6 +301,15 @@ class GenerateRequest:
                                                 self.seed)
         if not 0 <= self.seed < 2**63:
             raise InputError(f"seed must be >= 0 (or -1 for a random one), got {self.seed}")
+        try:
+            kind = torch.device(self.device).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in ("cpu", "cuda"):
+            raise InputError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.model.loras and not self.model.weights:
+            raise InputError("a LoRA (--lora) needs --weights: the tiny preset's seeded random weights have no "
+                             "trained DiT to merge it into")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise InputError(f"cpu_threads must be >= 1 (or null), got {self.cpu_threads}")
         if self.compile not in (True, False, "auto", None):
