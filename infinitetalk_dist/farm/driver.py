@@ -42,8 +42,10 @@ class JobRun:
         self._done_windows: set[int] = set()
 
     def __enter__(self) -> JobRun:
-        if self.job.farm.metrics_port is not None:
-            log.info("metrics: http://localhost:%d/metrics", self.metrics.serve(int(self.job.farm.metrics_port)))
+        farm = self.job.farm
+        if farm.metrics_port is not None:
+            port = self.metrics.serve(int(farm.metrics_port), farm.metrics_addr)
+            log.info("metrics: http://%s:%d/metrics", farm.metrics_addr, port)
         if self.job.request.progress:
             from tqdm import tqdm
 

@@ -80,18 +80,18 @@ class FarmMetrics:
         self.server = None
         self.port: int | None = None
 
-    def serve(self, port: int) -> int:
-        """Start the HTTP exporter (``port`` 0: any free port; a taken port: any free one, with
-        a warning, so two drivers on one host both run); returns the port."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Start the HTTP exporter on ``addr`` (``port`` 0: any free port; a taken port: any free
+        one, with a warning, so two drivers on one host both run); returns the port."""
         import logging
 
         try:
-            self.server, _thread = start_http_server(int(port), registry=self.registry)
+            self.server, _thread = start_http_server(int(port), addr=addr, registry=self.registry)
         except OSError as e:
             if not port:
                 raise
             logging.getLogger(__name__).warning("metrics port %d is taken (%s): serving on a free port", port, e)
-            self.server, _thread = start_http_server(0, registry=self.registry)
+            self.server, _thread = start_http_server(0, addr=addr, registry=self.registry)
         self.port = self.server.server_address[1]
         return self.port
 

@@ -38,6 +38,9 @@ class FarmOptions:
     """Shot-cut detector threshold (PySceneDetect ContentDetector; V2V)."""
     metrics_port: int | None = 0
     """Prometheus metrics on this port (0: any free port; null: off)."""
+    metrics_addr: str = "127.0.0.1"
+    """Address the metrics endpoint binds: loopback by default (the k8s manifests set 0.0.0.0 for
+    the pod's scraper)."""
     gpus_per_replica: int = 1
     """farm=ray: actors (ranks) per replica, one GPU each; 0: CPU-only actors."""
     address: str | None = None

@@ -168,6 +168,8 @@ def job_manifests(cfg: DictConfig, defaults: DictConfig) -> dict[str, Any]:
     entry = " ".join(["python", "-m", "infinitetalk_dist.launch.ray_job", *(shlex.quote(a) for a in args)])
     if f"++farm.metrics_port={int(k.metrics_port)}" not in args:
         entry += f" ++farm.metrics_port={int(k.metrics_port)}"
+    if not any(a.startswith("++farm.metrics_addr=") for a in args):
+        entry += " ++farm.metrics_addr=0.0.0.0"  # the PodMonitor scrapes the pod's address
     rayjob = {
         "apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(cfg, f"dub-{name}"),
         "spec": {"entrypoint": entry, "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": int(k.ttl_s),

@@ -51,3 +51,12 @@ def test_no_gauge_is_named_total_and_a_taken_port_falls_back(caplog):
         assert other != port and f"metrics port {port} is taken" in caplog.text
     finally:
         first.close(), second.close()
+
+
+def test_the_endpoint_binds_loopback_by_default():
+    m = FarmMetrics(total=1)
+    try:
+        m.serve(0)
+        assert m.server.server_address[0] == "127.0.0.1"
+    finally:
+        m.close()

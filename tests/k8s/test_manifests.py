@@ -117,7 +117,7 @@ def test_entrypoint_replays_the_rendered_config(rendered):
     want = compose(["model=14b", "sampler=lightx2v", "farm=ray", "farm.replicas=4", "farm.gpus_per_replica=2",
                     "device=cuda", "dtype=bfloat16", "input.video=/data/in/film.mp4", "input.audio=/data/in/dub.wav",
                     "output=/data/out/film.mp4", "model.weights=/weights", "input.prompt=\"A woman's voice, calm\"",
-                    "farm.metrics_port=9400"])
+                    "farm.metrics_port=9400", "farm.metrics_addr=0.0.0.0"])
     got = compose(["farm=ray", *argv[4:]])
 
     def job(cfg):  # the typed request with its derived defaults resolved, as the job sees it
