@@ -210,3 +210,20 @@ def test_lora_unknown_targets_listed(folder, tmp_path):
 def test_wav2vec2_missing_folder(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         W.load_wav2vec2(tmp_path)
+
+
+def test_a_shard_index_pointing_outside_its_folder_is_refused(tmp_path):
+    import json
+
+    from infinitetalk_dist.models.checkpoint import CheckpointError
+    from infinitetalk_dist.models.weights import SHARD_INDEX, dit_shards
+
+    wan = tmp_path / "Wan2.1-I2V-14B-480P"
+    wan.mkdir()
+    (tmp_path / "secret.safetensors").write_bytes(b"x")
+    for name in ("../secret.safetensors", "/etc/passwd"):
+        (wan / SHARD_INDEX).write_text(json.dumps({"weight_map": {"a.weight": name}}))
+        with pytest.raises(CheckpointError, match="outside"):
+            dit_shards(wan)
+    (wan / SHARD_INDEX).write_text(json.dumps({"weight_map": {"a.weight": "diffusion_pytorch_model-00001-of-00001.safetensors"}}))
+    assert dit_shards(wan) == [wan / "diffusion_pytorch_model-00001-of-00001.safetensors"]

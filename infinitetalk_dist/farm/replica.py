@@ -95,6 +95,7 @@ class ReplicaWorker:
         from infinitetalk_dist.timeline import FPS
 
         from . import render
+        from . import store as store_mod
         from .plan import Window
         from .store import JobStore
 
@@ -112,7 +113,7 @@ class ReplicaWorker:
                          "steps": p.steps, "done": len(steps), "step_s": steps[-1]})
 
         t0 = time.perf_counter()
-        scratch = tempfile.mkdtemp(prefix="itd-window-") if self.runtime.writer else None
+        scratch = store_mod.scratch_dir() if self.runtime.writer else None
         try:
             local = os.path.join(scratch, f"{w.index:05d}.{self.window_ext}") if scratch else None
             render.render_window(self.request, self.runtime, self.reference, self.hw, w, tracks, local,

@@ -36,6 +36,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -327,7 +328,7 @@ class JobStore:
         if self.is_local:
             yield path
             return
-        d = tempfile.mkdtemp(prefix="itd-window-")
+        d = scratch_dir()
         try:
             local = os.path.join(d, f"{int(index):05d}.{self.window_ext}")
             try:
@@ -345,3 +346,25 @@ class JobStore:
             with self.open_window(w.index) as p:
                 yield w, p
 
+
+SCRATCH = "itd-window-"
+
+
+def scratch_dir() -> str:
+    """A temp folder for one window's file, named after this process: a worker killed mid-window
+    leaves it behind, and the next one started on the host removes the folders of dead processes."""
+    for old in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), f"{SCRATCH}*-*")):
+        pid = os.path.basename(old)[len(SCRATCH):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -56,8 +56,24 @@ def _temp_name(name: str) -> str:
     return f".{name}.{secrets.token_hex(4)}.part"
 
 
+STALE_S = 3600.0  # a temp file untouched this long belongs to a writer that died (SIGKILL, power)
+
+
+def _sweep_stale(folder: str, name: str) -> None:
+    """Remove ``.{name}.*.part`` files of writers that died mid-write (nothing else cleans them).
+    A live writer streams into its file, so only files untouched for ``STALE_S`` go."""
+    import glob
+    import time
+
+    for old in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.*.part")):
+        with contextlib.suppress(OSError):
+            if time.time() - os.path.getmtime(old) > STALE_S:
+                os.unlink(old)
+
+
 def _create_temp(final: str) -> str:
     folder, name = os.path.split(final)
+    _sweep_stale(folder, name)
     for _ in range(_TRIES):
         tmp = os.path.join(folder, _temp_name(name))
         try:

@@ -110,7 +110,12 @@ def dit_shards(wan_dir: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
-        return [wan_dir / name for name in sorted(set(weight_map.values()))]
+        shards = [wan_dir / name for name in sorted(set(weight_map.values()))]
+        root = wan_dir.resolve()
+        outside = [str(p) for p in shards if root not in p.resolve().parents]
+        if outside:  # never open a file the index names outside its folder
+            raise CheckpointError(f"{index}: names shard(s) outside {wan_dir}: {', '.join(outside[:3])}")
+        return shards
     shards = sorted(wan_dir.glob("diffusion_pytorch_model*.safetensors"))
     if not shards:
         raise CheckpointError(f"{wan_dir}: no diffusion_pytorch_model*.safetensors shards")

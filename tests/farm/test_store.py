@@ -169,3 +169,30 @@ def test_disk_full_raises_store_error_and_loses_nothing(url, tmp_path, monkeypat
     # after the failure the job goes on
     store.put_window(1, _file(tmp_path, "w1.mp4", b"one" * 10))
     assert store.done() == {0, 1}
+
+
+def test_leftovers_of_killed_writers_are_swept(tmp_path, monkeypatch):
+    """A SIGKILL mid-write leaves a hidden temp file next to the output, and a killed replica
+    its scratch folder: the next writer of that file / the next window on the host removes them
+    (only the dead ones: a live writer's temp file and a live process's folder stay)."""
+    import os
+    import tempfile
+    import time
+
+    from infinitetalk_dist.farm.store import SCRATCH, scratch_dir
+    from infinitetalk_dist.media.atomic import STALE_S, atomic_write
+
+    final = tmp_path / "film.mp4"
+    stale, fresh = tmp_path / ".film.mp4.deadbeef.part", tmp_path / ".film.mp4.cafebabe.part"
+    stale.write_bytes(b"half"), fresh.write_bytes(b"live")
+    os.utime(stale, (time.time() - STALE_S - 60,) * 2)
+    with atomic_write(final) as tmp:
+        open(tmp, "wb").write(b"done")
+    assert final.read_bytes() == b"done" and not stale.exists() and fresh.exists()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{SCRATCH}999999999-abc"  # no such pid
+    mine = tmp_path / f"{SCRATCH}{os.getpid()}-xyz"
+    dead.mkdir(), mine.mkdir()
+    made = scratch_dir()
+    assert not dead.exists() and mine.exists() and os.path.basename(made).startswith(f"{SCRATCH}{os.getpid()}-")
