@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infinitetalk_dist.errors import InfiniteTalkError, InputError
 
-from .config import Config, compose, literal, literal_strings, to_config
+from .config import Config, compose, literal_strings, to_config
 from .official import add_official_flags, input_json_values, official_values
 
 log = logging.getLogger(__name__)
@@ -200,27 +200,16 @@ def run(config: Config) -> None:
 def k8s(config: Config) -> None:
     """Render the job's Kubernetes manifests (KubeRay RayCluster/RayJob, plain Job, PodMonitor,
     Grafana dashboard) into ``k8s.out``; with ``k8s.titles``, one RayJob per CSV row."""
-    import csv
     from pathlib import Path
 
-    from .k8s import job_manifests, render, write_manifests
+    from .k8s import job_manifests, render, title_configs, write_manifests
 
     cfg = _literal_config(config)  # user strings stay text through the rendering
     out = Path(config.k8s.out or Path(config.output).parent / "k8s")
     defaults = compose([])
     docs = render(cfg, defaults, jobs=not config.k8s.titles)
     if config.k8s.titles:
-        with open(config.k8s.titles, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if not rows or not {"name", "audio"} <= set(rows[0]):
-            raise ValueError(f"{config.k8s.titles}: need a header with at least name,audio (and video or image)")
-        for row in rows:
-            title = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # escaped strings stay escaped
-            title.k8s.name = literal(row["name"])
-            for key in ("video", "image", "audio", "audio2"):
-                if row.get(key):
-                    title.input[key] = literal(row[key])
-            title.output = literal(row.get("output") or f"/data/out/{row['name']}.mp4")
+        for title in title_configs(cfg, config.k8s.titles):
             docs.update(job_manifests(title, defaults))
     for path in write_manifests(docs, out):
         print(path)

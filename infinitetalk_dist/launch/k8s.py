@@ -90,6 +90,50 @@ def _name(cfg: DictConfig) -> str:
     return name
 
 
+OUTPUTS = (".mp4", ".mov", ".mkv")
+
+
+def title_configs(cfg: DictConfig, titles: str) -> list[DictConfig]:
+    """One job config per row of the titles CSV (``name,audio`` and ``video`` or ``image``;
+    optional ``audio2``, ``output``), each checked: a row without its own audio or picture, two
+    names that become the same Kubernetes name (their manifests would overwrite each other), an
+    output that is not an absolute .mp4/.mov/.mkv path or climbs with ``..`` -> one ValueError.
+    The default output is ``/data/out/<kubernetes name>.mp4``, so a name cannot leave /data/out."""
+    import csv
+
+    from .config import literal
+
+    with open(titles, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = set(reader.fieldnames or ())
+    if not {"name", "audio"} <= header or not header & {"video", "image"}:
+        raise ValueError(f"{titles}: the header needs name, audio and video or image (has {sorted(header)})")
+    if not rows:
+        raise ValueError(f"{titles}: a header and no title rows")
+    out, seen = [], {}
+    for n, row in enumerate(rows, start=2):  # line numbers as an editor shows them
+        where = f"{titles} line {n} ({row.get('name')!r})"
+        if not (row.get("audio") or "").strip() or not ((row.get("video") or row.get("image") or "").strip()):
+            raise ValueError(f"{where}: needs its own audio and video or image")
+        title = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # escaped strings stay escaped
+        title.k8s.name = literal(row["name"])
+        name = _name(title)
+        if name in seen:
+            raise ValueError(f"{where}: its Kubernetes name {name!r} is also line {seen[name]}'s")
+        seen[name] = n
+        for key in ("video", "image", "audio", "audio2"):
+            if row.get(key):
+                title.input[key] = literal(row[key])
+        output = row.get("output") or f"/data/out/{name}.mp4"
+        p = Path(output)
+        if not p.is_absolute() or ".." in p.parts or p.suffix.lower() not in OUTPUTS:
+            raise ValueError(f"{where}: output {output!r} must be an absolute {'/'.join(OUTPUTS)} path without '..'")
+        title.output = literal(output)
+        out.append(title)
+    return out
+
+
 def _volumes(k: DictConfig) -> tuple[list, list]:
     volumes = [
         {"name": "weights", "persistentVolumeClaim": {"claimName": k.weights_claim, "readOnly": True}},

@@ -213,3 +213,28 @@ def test_user_strings_are_literal_data(tmp_path, monkeypatch, capsys):
     assert replayed.input.prompt == prompt
     assert main(["generate", "--prompt", prompt, "--cfg"]) == 0
     assert "hunter2" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("name,video,audio\nEp 1,/in/1.mp4,/in/1.wav\nep-1,/in/2.mp4,/in/2.wav\n", "is also line 2's"),
+    ("name,video,audio\nEp 1,/in/1.mp4,\n", "needs its own audio"),
+    ("name,video,audio\n", "a header and no title rows"),
+    ("name,audio\nEp,/in/1.wav\n", "the header needs name, audio and video or image"),
+    ("name,video,audio,output\nEp,/in/1.mp4,/in/1.wav,/data/out/../../etc/x.mp4\n", "without '..'"),
+    ("name,video,audio,output\nEp,/in/1.mp4,/in/1.wav,relative.mp4\n", "must be an absolute"),
+])
+def test_titles_csv_rows_are_checked(tmp_path, capsys, csv_text, message):
+    titles = tmp_path / "titles.csv"
+    titles.write_text(csv_text)
+    assert main(["k8s", "render", *JOB, f"k8s.out={tmp_path / 'k8s'}", f"k8s.titles={titles}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "k8s").exists()  # nothing written
+
+
+def test_a_title_name_cannot_leave_the_output_volume(tmp_path):
+    titles = tmp_path / "titles.csv"
+    titles.write_text("name,video,audio\n../../etc/passwd,/in/1.mp4,/in/1.wav\n")
+    assert main(["k8s", "render", *JOB, f"k8s.out={tmp_path / 'k8s'}", f"k8s.titles={titles}"]) == 0
+    [entry] = [d["spec"]["entrypoint"] for d in _docs(tmp_path / "k8s").values() if d["kind"] == "RayJob"]
+    assert "++output=/data/out/etc-passwd.mp4" in entry
