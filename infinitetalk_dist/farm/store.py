@@ -52,7 +52,7 @@ from fsspec.core import url_to_fs
 from infinitetalk_dist.errors import InfiniteTalkError
 from infinitetalk_dist.media.atomic import atomic_write
 
-__all__ = ["JobStore", "StoreError", "hash_file"]
+__all__ = ["JobStore", "StoreError", "hash_file", "job_id"]
 
 MANIFEST = "manifest.json"
 _FORMAT = "infinitetalk-dist-job"
@@ -80,6 +80,12 @@ def _canonical(obj: Any, what: str) -> Any:
         return json.loads(json.dumps(obj, sort_keys=True))
     except (TypeError, ValueError) as e:
         raise StoreError(f"{what} must be JSON-serialisable: {e}") from e
+
+
+def job_id(manifest: dict) -> str:
+    """The job a manifest belongs to: sha256 of its plan, settings and input hashes."""
+    body = {k: manifest.get(k) for k in ("plan", "settings", "inputs")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _plan_window_indices(plan: Any) -> list[int]:
@@ -272,9 +278,20 @@ class JobStore:
         if got != size:
             raise StoreError(f"job store {self.url}: window {index} file {self.window_path(index)} has "
                              f"{got} bytes, the replica reported {size}")
-        new = json.loads(json.dumps(self.manifest))  # a copy: the cached one changes once written
+        # The store's manifest as it is now (another driver of this job may have recorded windows
+        # since), and still this job's: a different job that took the folder over is an error,
+        # never a film made of two jobs' windows.
+        new = self._ours("window {} not recorded".format(index))
         new.setdefault("windows", {})[str(index)] = {"state": "done", "sha256": digest, "size": int(size)}
         self._write_manifest(new)
+
+    def _ours(self, what: str) -> dict:
+        """The manifest read from the store now, checked to be this job's (:func:`job_id`)."""
+        now = self._read_manifest()
+        if now is None or job_id(now) != job_id(self.manifest):
+            raise StoreError(f"job store {self.url}: {MANIFEST} now belongs to another job (it was removed or "
+                             f"replaced while this one ran); {what}")
+        return now
 
     def put_file(self, name: str, local_path: str | os.PathLike) -> str:
         """Store a job artefact (report, pictures) at ``name`` under the job folder, atomically.
@@ -341,9 +358,16 @@ class JobStore:
 
     def iter_windows(self, windows: Iterable[Any]) -> Iterator[tuple[Any, str]]:
         """``(window, local_path)`` for each window (objects with ``index``), one at a time: the
-        previous download is removed when the next is requested. Feed this to ``stitch``."""
+        previous download is removed when the next is requested. Feed this to ``stitch``. The
+        store must still hold this job, and every window the file recorded for it (its sha256,
+        checked again here: a window replaced after it was recorded is a StoreError)."""
+        records = self._ours("not stitching").get("windows", {})
         for w in windows:
             with self.open_window(w.index) as p:
+                want = (records.get(str(w.index)) or {}).get("sha256")
+                if want is None or hash_file(p) != want:
+                    raise StoreError(f"job store {self.url}: window {w.index} ({self.window_path(w.index)}) is not "
+                                     "the file this job recorded (replaced or changed since); not stitching")
                 yield w, p
 
 

@@ -196,3 +196,33 @@ def test_leftovers_of_killed_writers_are_swept(tmp_path, monkeypatch):
     dead.mkdir(), mine.mkdir()
     made = scratch_dir()
     assert not dead.exists() and mine.exists() and os.path.basename(made).startswith(f"{SCRATCH}{os.getpid()}-")
+
+
+def test_a_store_taken_over_by_another_job_is_never_stitched_or_recorded(tmp_path):
+    """Issue 19: job A runs, its manifest is removed and job B starts in the same folder: A can
+    neither record a window into B's manifest nor stitch (its windows or B's); a window file
+    replaced after it was recorded is refused at the stitch."""
+    from types import SimpleNamespace
+
+    from infinitetalk_dist.farm.store import JobStore, StoreError
+
+    url = tmp_path / "job"
+    plan = json.dumps({"windows": [{"index": 0}, {"index": 1}]})
+    win = tmp_path / "w.mkv"
+    win.write_bytes(b"window zero of A")
+    a = JobStore.create_or_open(url, plan, {"steps": 4}, {"audio": "aa"})
+    a.put_window(0, win)
+    windows = [SimpleNamespace(index=0)]
+    assert [p for _, p in a.iter_windows(windows)]  # A's own window stitches
+    (url / "manifest.json").unlink()
+    b = JobStore.create_or_open(url, plan, {"steps": 8}, {"audio": "aa"})  # another job, same folder
+    win.write_bytes(b"window one of A")
+    with pytest.raises(StoreError, match="belongs to another job"):
+        a.put_window(1, win)
+    with pytest.raises(StoreError, match="belongs to another job"):
+        list(a.iter_windows(windows))
+    win.write_bytes(b"window zero of B")
+    b.put_window(0, win)
+    (url / "windows" / f"00000.{b.window_ext}").write_bytes(b"window zero of B, edited!")  # after recording
+    with pytest.raises(StoreError, match="not the file this job recorded"):
+        list(b.iter_windows(windows))
