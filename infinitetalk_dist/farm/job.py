@@ -28,6 +28,8 @@ from infinitetalk_dist.pipeline.conform.run import ConformPlan, plan_conform, wr
 from infinitetalk_dist.pipeline.generate import read_sources
 from infinitetalk_dist.pipeline.request import GenerateRequest
 from infinitetalk_dist.pipeline.sources import Sources, check_not_an_input
+
+from .lease import StoreLease
 from infinitetalk_dist.timeline import FPS
 
 from .options import FarmOptions
@@ -101,6 +103,7 @@ class Job:
     done: set[int]
     todo: list  # windows not in the store
     conform: ConformPlan | None = None  # conform jobs: the shots' boxes (the reference is cropped)
+    lease: StoreLease | None = None  # this driver's hold on the store, released after the stitch
 
     def stitch(self) -> WrittenVideo:
         windows = self.store.iter_windows(self.plan.windows)
@@ -119,6 +122,15 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     output, sources = read_sources(request)
     store_url = farm.store_url(request.output)
     check_not_an_input(store_url, sources.files.values(), what="job store")
+    lease = StoreLease(JobStore(store_url), job=str(output)).acquire_or_raise()
+    try:
+        return _prepare(request, farm, output, sources, store_url, lease)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _prepare(request, farm, output, sources, store_url, lease) -> Job:
     conform = None
     settings = job_settings(request)
     settings["window_codec"] = farm.window_codec  # a resumed job keeps its windows' format
@@ -136,7 +148,7 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     todo = [w for w in plan.windows if w.index not in done]
     log.info("%s\njob store %s: %d of %d windows done, %d to render", plan.summary(), store.url,
              len(done), len(plan.windows), len(todo))
-    return Job(request, farm, output, sources, plan, store, done, todo, conform)
+    return Job(request, farm, output, sources, plan, store, done, todo, conform, lease)
 
 
 def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:
@@ -147,10 +159,11 @@ def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:
 
     t0 = time.perf_counter()
     job = prepare_job(request, farm)
-    prepare_s = time.perf_counter() - t0
-    run = {"local": run_local, "ray": run_ray}[farm.backend](job) if job.todo else None
-    t = time.perf_counter()
-    film = job.stitch()
+    with job.lease:  # held since prepare_job: one driver per store (farm/lease.py)
+        prepare_s = time.perf_counter() - t0
+        run = {"local": run_local, "ray": run_ray}[farm.backend](job) if job.todo else None
+        t = time.perf_counter()
+        film = job.stitch()
     if request.timings:
         report = farm_timings(film, run, prepare_s=prepare_s, stitch_s=time.perf_counter() - t,
                               wall_s=time.perf_counter() - t0)

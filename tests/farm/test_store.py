@@ -226,3 +226,46 @@ def test_a_store_taken_over_by_another_job_is_never_stitched_or_recorded(tmp_pat
     (url / "windows" / f"00000.{b.window_ext}").write_bytes(b"window zero of B, edited!")  # after recording
     with pytest.raises(StoreError, match="not the file this job recorded"):
         list(b.iter_windows(windows))
+
+
+def test_one_driver_per_store_with_a_lease_a_dead_one_is_taken_over(tmp_path, caplog):
+    import logging
+
+    from infinitetalk_dist.farm.lease import LOCK, StoreLease
+    from infinitetalk_dist.farm.store import JobStore, StoreError
+
+    store = JobStore(tmp_path / "job")
+    first = StoreLease(store, "film.mp4", ttl_s=60, beat_s=0.05)
+    with first:
+        import time
+
+        beat = first.read()["heartbeat"]
+        time.sleep(0.3)
+        assert first.read()["heartbeat"] > beat  # kept fresh by its thread
+        with pytest.raises(StoreError, match=r"is in use by .*this job"):
+            StoreLease(store, "film.mp4").acquire()
+        with pytest.raises(StoreError, match="another job"):
+            StoreLease(store, "other.mp4").acquire()
+    assert not (tmp_path / "job" / LOCK).exists() and not (tmp_path / "job").exists()  # released, no empty folder
+    # A driver killed without releasing: its heartbeat ages past the ttl and the next one takes over.
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / LOCK).write_text(json.dumps({"owner": "gone:1:x", "job": "film.mp4",
+                                                      "heartbeat": 0.0, "ttl_s": 60}))
+    with caplog.at_level(logging.WARNING), StoreLease(store, "film.mp4", beat_s=10) as lease:
+        assert lease.read()["owner"] == lease.owner
+    assert "taking over the lease of gone:1:x" in caplog.text
+
+
+def test_a_running_job_holds_its_store(tmp_path, capsys):
+    """The issue's case: a second `run` on a store whose driver is alive is refused at once."""
+    from infinitetalk_dist.farm.lease import StoreLease
+    from infinitetalk_dist.farm.store import JobStore
+    from infinitetalk_dist.launch.cli import main
+    from infinitetalk_dist.samples import write_demo_inputs
+
+    image, audio = write_demo_inputs(tmp_path / "in", seconds=1.0)
+    out = tmp_path / "film.mp4"
+    with StoreLease(JobStore(f"{out}.job"), "someone else's run"):
+        assert main(["run", "--image", str(image), "--audio", str(audio), "-o", str(out), "--no-progress",
+                     "sampler.steps=1", "sampler.frame_num=9", "sampler.motion_frame=1"]) == 1
+    assert "is in use by" in capsys.readouterr().err and not out.exists()
