@@ -27,7 +27,7 @@ from infinitetalk_dist.media.encode import check_output
 from infinitetalk_dist.pipeline.conform.run import ConformPlan, plan_conform, write_conformed
 from infinitetalk_dist.pipeline.generate import read_sources
 from infinitetalk_dist.pipeline.request import GenerateRequest
-from infinitetalk_dist.pipeline.sources import Sources, check_not_an_input
+from infinitetalk_dist.pipeline.sources import Sources, check_destination, check_not_an_input
 
 from .lease import StoreLease
 from infinitetalk_dist.timeline import FPS
@@ -103,7 +103,6 @@ class Job:
     done: set[int]
     todo: list  # windows not in the store
     conform: ConformPlan | None = None  # conform jobs: the shots' boxes (the reference is cropped)
-    lease: StoreLease | None = None  # this driver's hold on the store, released after the stitch
 
     def stitch(self) -> WrittenVideo:
         windows = self.store.iter_windows(self.plan.windows)
@@ -122,15 +121,6 @@ def prepare_job(request: GenerateRequest, farm: FarmOptions) -> Job:
     output, sources = read_sources(request)
     store_url = farm.store_url(request.output)
     check_not_an_input(store_url, sources.files.values(), what="job store")
-    lease = StoreLease(JobStore(store_url), job=str(output)).acquire_or_raise()
-    try:
-        return _prepare(request, farm, output, sources, store_url, lease)
-    except BaseException:
-        lease.release()
-        raise
-
-
-def _prepare(request, farm, output, sources, store_url, lease) -> Job:
     conform = None
     settings = job_settings(request)
     settings["window_codec"] = farm.window_codec  # a resumed job keeps its windows' format
@@ -148,7 +138,7 @@ def _prepare(request, farm, output, sources, store_url, lease) -> Job:
     todo = [w for w in plan.windows if w.index not in done]
     log.info("%s\njob store %s: %d of %d windows done, %d to render", plan.summary(), store.url,
              len(done), len(plan.windows), len(todo))
-    return Job(request, farm, output, sources, plan, store, done, todo, conform, lease)
+    return Job(request, farm, output, sources, plan, store, done, todo, conform)
 
 
 def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:
@@ -158,8 +148,13 @@ def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:
     from .ray_farm import run_ray
 
     t0 = time.perf_counter()
-    job = prepare_job(request, farm)
-    with job.lease:  # held since prepare_job: one driver per store (farm/lease.py)
+    url = farm.store_url(request.output)
+    given = [f for f in (request.input.image, request.input.video, request.input.audio, request.input.audio2,
+                         request.conform.mix) if f]
+    check_destination(request.output)  # the output's and the lease's folder, before any is written
+    check_not_an_input(url, given, what="job store")
+    with StoreLease(JobStore(url), job=str(request.output)):  # one driver per store (farm/lease.py)
+        job = prepare_job(request, farm)
         prepare_s = time.perf_counter() - t0
         run = {"local": run_local, "ray": run_ray}[farm.backend](job) if job.todo else None
         t = time.perf_counter()

@@ -39,12 +39,6 @@ class StoreLease:
         self._made = False
 
     def __enter__(self) -> StoreLease:
-        if self._thread is None:
-            self.acquire()
-        return self
-
-    def acquire_or_raise(self) -> StoreLease:
-        """:meth:`acquire`, returning the lease (held until :meth:`release` or the ``with`` ends)."""
         self.acquire()
         return self
 
@@ -66,7 +60,10 @@ class StoreLease:
     def _write(self) -> None:
         data = json.dumps({"owner": self.owner, "job": self.job, "heartbeat": time.time(),
                            "ttl_s": self.ttl_s}).encode()
-        self.store.fs.makedirs(self.store._p(""), exist_ok=True)
+        try:
+            self.store.fs.makedirs(self.store._p(""), exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"job store {self.store.url}: cannot create the job folder ({type(e).__name__}: {e})") from e
         self.store._put_atomic(lambda tmp: self.store._write_bytes(tmp, data), self._path(), len(data),
                                f"cannot write {LOCK}", "the job's windows are unaffected")
 
