@@ -64,7 +64,11 @@ class StoreLease:
             self.store.fs.makedirs(self.store._p(""), exist_ok=True)
         except OSError as e:
             raise StoreError(f"job store {self.store.url}: cannot create the job folder ({type(e).__name__}: {e})") from e
-        self.store._put_atomic(lambda tmp: self.store._write_bytes(tmp, data), self._path(), len(data),
+        def write(tmp: str) -> None:  # not the store's window/manifest writer: the lease is its own file
+            with self.store.fs.open(tmp, "wb") as f:
+                f.write(data)
+
+        self.store._put_atomic(write, self._path(), len(data),
                                f"cannot write {LOCK}", "the job's windows are unaffected")
 
     def acquire(self) -> None:
