@@ -16,6 +16,7 @@ its own rows), from the config and files :func:`dit_config` and :func:`dit_sourc
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,8 +112,9 @@ def dit_shards(wan_dir: Path) -> list[Path]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
         shards = [wan_dir / name for name in sorted(set(weight_map.values()))]
-        root = wan_dir.resolve()
-        outside = [str(p) for p in shards if root not in p.resolve().parents]
+        # By name, not by link target: `weights download` lays shards out as links into the Hub cache.
+        root = Path(os.path.normpath(wan_dir))
+        outside = [str(p) for p in shards if root not in Path(os.path.normpath(p)).parents]
         if outside:  # never open a file the index names outside its folder
             raise CheckpointError(f"{index}: names shard(s) outside {wan_dir}: {', '.join(outside[:3])}")
         return shards
