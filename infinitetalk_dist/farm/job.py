@@ -149,10 +149,8 @@ def run_job(request: GenerateRequest, farm: FarmOptions) -> WrittenVideo:
 
     t0 = time.perf_counter()
     url = farm.store_url(request.output)
-    given = [f for f in (request.input.image, request.input.video, request.input.audio, request.input.audio2,
-                         request.conform.mix) if f]
     check_destination(request.output)  # the output's and the lease's folder, before any is written
-    check_not_an_input(url, given, what="job store")
+    check_not_an_input(url, request.input_files, what="job store")
     with StoreLease(JobStore(url), job=str(request.output)):  # one driver per store (farm/lease.py)
         job = prepare_job(request, farm)
         prepare_s = time.perf_counter() - t0

@@ -104,12 +104,8 @@ def verify(root: str | Path, variant: str = "single", quant: str | None = None) 
     problems, checked = [], []
     for v in variants:
         lay = W.WeightsLayout(root, v)
-        need = [lay.wan / "config.json", lay.vae, lay.t5, lay.clip, lay.wav2vec2 / "config.json"]
-        if quant:
-            q = lay.quant_file(quant)
-            need += [q, W.quant_map_path(q)]
-        else:
-            need.append(lay.infinitetalk)
+        need = lay.required(lay.quant_file(quant) if quant else None)
+        if not quant:
             try:  # from the index where there is one (every shard it names), else the files found
                 need += [lay.wan / W.SHARD_INDEX] * (lay.wan / W.SHARD_INDEX).is_file() + W.dit_shards(lay.wan)
             except CheckpointError as e:

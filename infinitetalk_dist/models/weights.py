@@ -86,16 +86,21 @@ class WeightsLayout:
         """The official quantised DiT (``int8`` | ``fp8``) of this variant (its .json map beside it)."""
         return self.root / QUANT_DIR / f"infinitetalk_{self.variant}_{quant}.safetensors"
 
-    def check(self, dit_file: Path | None = None, *, dit: bool = True) -> None:
-        """Raise one error listing every expected file or folder that is absent. ``dit_file``:
-        a quantised DiT that replaces the Wan shards and the InfiniteTalk file; ``dit=False``:
-        the other models' files only."""
+    def required(self, dit_file: Path | None = None, *, dit: bool = True) -> list[Path]:
+        """The files every load reads (the Wan shards aside: :func:`dit_shards`); ``dit_file``
+        and ``dit`` as in :meth:`check`."""
         need = [self.wan / "config.json", self.vae, self.t5, self.clip, self.wav2vec2 / "config.json"]
         if dit and dit_file:
             need += [dit_file, quant_map_path(dit_file)]
         elif dit:
             need.append(self.infinitetalk)
-        missing = [str(p) for p in need if not p.exists()]
+        return need
+
+    def check(self, dit_file: Path | None = None, *, dit: bool = True) -> None:
+        """Raise one error listing every expected file or folder that is absent. ``dit_file``:
+        a quantised DiT that replaces the Wan shards and the InfiniteTalk file; ``dit=False``:
+        the other models' files only."""
+        missing = [str(p) for p in self.required(dit_file, dit=dit) if not p.exists()]
         if dit and dit_file is None and not (self.wan / SHARD_INDEX).exists() and not list(
                 self.wan.glob("diffusion_pytorch_model*.safetensors")):
             missing.append(str(self.wan / "diffusion_pytorch_model-*.safetensors"))

@@ -48,8 +48,7 @@ def read_sources(request: GenerateRequest) -> tuple[Path, Sources]:
     check_destination(output)
     sources = resolve_sources(request.input, output, seed=request.seed,
                               allow_demo=request.model.preset == "tiny" and not request.model.weights)
-    others = [f for f in (request.conform.mix, request.input.face_boxes) if f]  # inputs that are not media
-    check_not_an_input(output, [*sources.files.values(), *others])
+    check_not_an_input(output, [*sources.files.values(), *request.input_files])  # demo inputs included
     return output, sources
 
 
@@ -62,10 +61,9 @@ def window_settings(request: GenerateRequest, frames: int, seed: int | None = No
     """The loop's settings for a window of ``frames`` frames (capped by ``sampler.max_frames``;
     audio within one chunk renders as one chunk, "clip mode", trimmed to the audio)."""
     s = request.sampler
-    shift = s.shift if s.shift is not None else (11.0 if request.size_table == "720" else 7.0)
     max_frames = min(int(s.max_frames), frames) if s.max_frames else frames
     return WindowSettings(
-        frame_num=s.frame_num, motion_frame=s.motion_frame, steps=s.steps, shift=shift,
+        frame_num=s.frame_num, motion_frame=s.motion_frame, steps=s.steps, shift=s.shift,
         text_scale=s.text_scale, audio_scale=s.audio_scale, use_apg=s.apg, apg_momentum=s.apg_momentum,
         apg_norm_threshold=s.apg_norm_threshold, max_frames_num=max_frames,
         color_correction_strength=s.color_correction, seed=request.seed if seed is None else seed,

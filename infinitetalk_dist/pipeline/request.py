@@ -329,6 +329,12 @@ class GenerateRequest:
             self.sampler.shift = 11.0 if self.size == "720" else 7.0
 
     @property
+    def input_files(self) -> list[str]:
+        """Every file this request reads as input (media, the conform mix, the face boxes)."""
+        i = self.input
+        return [f for f in (i.image, i.video, i.audio, i.audio2, i.face_boxes, self.conform.mix) if f]
+
+    @property
     def weights_variant(self) -> str:
         """The InfiniteTalk file this request loads: model.variant, or for ``auto`` multi when there
         is a second speaker (resolved here, not stored: a k8s title may add the speaker later)."""
