@@ -232,6 +232,20 @@ def test_below_absolute_gate(tmp_path):
     _raises(p, "silent", "-70 LUFS")
 
 
+def test_dc_offset_alone_is_silence(tmp_path):
+    """A DC offset makes pyloudnorm's high-pass ring at the start (a constant 0.5 read -32 LUFS
+    and passed); the gate now looks at the signal without its offset."""
+    t = np.arange(16000) / 16000
+    dc = np.full((2, 16000), 0.5, np.float32)
+    _raises(write_media(tmp_path / "dc.wav", "pcm_f32le", 16000, 1.0, signal=dc), "silent", "DC only")
+    hum = dc + np.float32(1e-4) * np.sin(2 * np.pi * 440 * t).astype(np.float32)  # about -83 LUFS on the offset
+    _raises(write_media(tmp_path / "dchum.wav", "pcm_f32le", 16000, 1.0, signal=hum), "silent", "DC offset of +0.5")
+    tone = np.float32(0.1) * np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    a = load_audio(write_media(tmp_path / "tone.wav", "pcm_f32le", 16000, 1.0, signal=np.stack([tone] * 2)))
+    b = load_audio(write_media(tmp_path / "dctone.wav", "pcm_f32le", 16000, 1.0, signal=np.stack([tone + 0.3] * 2)))
+    np.testing.assert_allclose(b - a, 0.3, atol=1e-6)  # speech on an offset still loads, untouched
+
+
 def test_directory(tmp_path):
     _raises(tmp_path, "directory")
 

@@ -4,15 +4,16 @@ Order of preference for a seam:
 
 1. a hard shot cut (``cut="shot"``): free, no overlap (the picture changes anyway);
 2. inside a segment longer than the target length, the speech pause nearest each target
-   boundary (``cut="silence"``): cut in the middle of the pause, no overlap;
+   boundary (``cut="silence"``): cut in the middle of the pause (in a pause over 2 s long, at
+   the boundary itself, at least 1 s inside the pause), no overlap;
 3. otherwise a forced cut (``cut="forced"``) at the boundary, with ``overlap_s`` of overlap: the
    next window starts ``overlap`` frames before the boundary and the stitcher cross-fades them.
 
 Target length: given, or ``clamp(duration / wanted, min_s, max_s)`` where ``wanted`` is 1 window
 for one replica (no seam it does not need) and ``2 x replicas`` windows otherwise (every replica
 busy, with slack for longest-first load balancing). A long segment is split into
-``ceil(length / target)`` equal pieces; a pause counts as "near" a boundary when its middle is
-within a quarter piece of it.
+``ceil(length / target)`` equal pieces; a pause counts as "near" a boundary when its cut point
+is within a quarter piece of it.
 
 Everything is integer output frames at 25 fps (``end`` exclusive); the plan is plain JSON with
 sorted keys, byte-identical for the same inputs.
@@ -139,6 +140,19 @@ def _check_number(name: str, v, lo: float, strict: bool = False) -> float:
     return float(v)
 
 
+PAUSE_MARGIN_S = 1.0  # a cut stays this far inside a long pause (VAD edges are approximate)
+
+
+def _pause_cut(pause: tuple[float, float], ideal: int, fps: int) -> int:
+    """Where a cut goes in ``pause`` for a target boundary at frame ``ideal``: the middle of a
+    pause up to 2 x PAUSE_MARGIN_S long; in a longer one (a long digital silence holds several
+    boundaries) the boundary itself, kept PAUSE_MARGIN_S inside the pause's edges."""
+    a, b = pause
+    if b - a <= 2 * PAUSE_MARGIN_S:
+        return round((a + b) / 2 * fps)
+    return round(min(max(ideal / fps, a + PAUSE_MARGIN_S), b - PAUSE_MARGIN_S) * fps)
+
+
 def make_plan(
     frames: int,
     *,
@@ -197,7 +211,7 @@ def make_plan(
         if clean_pauses and a < clean_pauses[-1][1]:
             raise ValueError(f"make_plan: pauses must be sorted and non-overlapping, {p!r} after {clean_pauses[-1]}")
         clean_pauses.append((a, b))
-    mids = [round((a + min(b, duration)) / 2 * fps) for a, b in clean_pauses if a < duration]
+    spans = [(a, min(b, duration)) for a, b in clean_pauses if a < duration]
 
     if target_s is None:
         wanted = 1 if replicas == 1 else 2 * replicas
@@ -222,7 +236,7 @@ def make_plan(
         for i in range(1, k):
             ideal = a + round(i * piece)
             tol = piece / 4
-            near = [m for m in mids if prev < m < b and abs(m - ideal) <= tol]
+            near = [m for m in (_pause_cut(p, ideal, fps) for p in spans) if prev < m < b and abs(m - ideal) <= tol]
             if near:
                 cut = min(near, key=lambda m: (abs(m - ideal), m))
                 points.append((cut, "silence"))

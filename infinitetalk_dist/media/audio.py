@@ -79,12 +79,27 @@ def load_audio_checked(path: str | os.PathLike, sr: int = SAMPLE_RATE, *,
     if peak == 0.0:
         raise AudioError(f"{name}: audio is silent (digital silence, every sample is 0)")
     loudness = measure_loudness(wave, sr)
+    _check_not_silent(name, wave, sr, loudness, peak)
+    return wave, loudness
+
+
+def _check_not_silent(name: str, wave: np.ndarray, sr: int, loudness: float, peak: float) -> None:
+    """One line if ``wave`` holds nothing to hear. A DC offset fools the meter: its K-weighting
+    high-pass rings at the step from 0 to the offset, so a constant 0.5 reads -32 LUFS. Where the
+    offset is not small against the rest (>= 1 % of the swing around it), the gate is applied to
+    the signal without it; the loudness returned for normalisation stays the reference's."""
+    mean = float(np.mean(wave, dtype=np.float64))
+    swing = float(np.max(np.abs(wave - mean)))
+    if swing == 0.0:
+        raise AudioError(f"{name}: audio is silent (a constant {mean:+.3g} offset, DC only, nothing else)")
+    if abs(mean) >= 0.01 * swing:
+        loudness = measure_loudness(wave - np.float32(mean), sr)
     if not np.isfinite(loudness) or loudness < SILENCE_LUFS:
+        dc = f", after removing a DC offset of {mean:+.3g}" if abs(mean) >= 0.01 * swing else ""
         raise AudioError(
-            f"{name}: audio is silent (integrated loudness {loudness:.1f} LUFS: no 400 ms block "
+            f"{name}: audio is silent (integrated loudness {loudness:.1f} LUFS{dc}: no 400 ms block "
             f"above the {SILENCE_LUFS:.0f} LUFS absolute gate of ITU-R BS.1770; peak {peak:.2e})"
         )
-    return wave, loudness
 
 
 def measure_loudness(wave: np.ndarray, sr: int = SAMPLE_RATE) -> float:

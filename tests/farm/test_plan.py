@@ -140,6 +140,24 @@ def test_from_json_rejects_broken_plan():
         Plan.from_json(json.dumps(doc))
 
 
+def test_long_digital_silence_is_cut_for_free():
+    """24 s of digital silence between two 3 s lines, 6 s windows: every boundary inside the
+    silence is a free cut (no overlap), not a forced one (before: only the pause's middle, 15 s,
+    counted, far from every boundary, so all four seams were forced overlaps)."""
+    wave = np.concatenate([speech_like(3, seed=1), np.zeros(24 * SR), speech_like(3, seed=2)]).astype(np.float32)
+    pauses = speech_pauses(wave, min_pause_s=0.3)
+    silence = [p for p in pauses if p[1] - p[0] > 20]
+    assert len(silence) == 1 and 2.5 < silence[0][0] < 3.5 and 26.5 < silence[0][1] < 27.5, pauses
+    plan = make_plan(30 * 25, pauses=pauses, target_s=6)
+    assert [w.cut for w in plan.windows] == ["start"] + ["silence"] * 4
+    assert [w.start for w in plan.windows[1:]] == [150, 300, 450, 600]  # at the boundaries themselves
+    assert all(w.overlap == 0 for w in plan.windows)
+    # a cut stays 1 s inside a long pause; a short pause is still cut in its middle
+    edge = make_plan(1000, pauses=[(20.5, 24.0)], target_s=20)
+    assert edge.windows[1].start == round(21.5 * 25) and edge.windows[1].cut == "silence"
+    assert make_plan(1000, pauses=[(19.2, 21.0)], target_s=20).windows[1].start == round(20.1 * 25)
+
+
 def test_speech_pauses_finds_known_gaps():
     # speech 0-3 s, silence 3-4 s, speech 4-8 s, silence 8-8.6 s, speech 8.6-11.6 s, silence to 12.6 s
     parts = [speech_like(3, seed=1), np.zeros(SR), speech_like(4, seed=2), np.zeros(int(0.6 * SR)),
