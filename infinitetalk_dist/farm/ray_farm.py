@@ -7,7 +7,9 @@
 
 Faults: an actor that dies (killed, OOM, node lost) or a window that raises makes the whole
 replica be rebuilt (new actors in the same placement group; Ray re-places the group if its
-node is gone) and the window go back to the queue; a window failing ``farm.max_attempts``
+node is gone) and the window go back to the queue, to the next free replica; a lost node's
+replica that cannot be placed again leaves the job to the others (it fails only when no
+replica has been up for ``farm.placement_timeout_s``); a window failing ``farm.max_attempts``
 times fails the job with its cause. Store errors fail the job at once (retrying cannot help).
 Finished windows are in the store whatever happens; re-running the command resumes.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 from infinitetalk_dist.errors import InfiniteTalkError, InputError
@@ -166,9 +169,11 @@ class _Farm:
         from ray.exceptions import RayError
 
         self.place()
-        while self.tasks:
+        stalled = None  # since when no replica has been up while windows wait
+        while self._unfinished():
             ready, _ = self.ray.wait(list(self.tasks), num_returns=1, timeout=PROGRESS_POLL_S)
             self._progress()
+            stalled = self._check_stalled(stalled)
             if not ready:
                 continue
             ref = ready[0]
@@ -196,6 +201,25 @@ class _Farm:
             self.idle.append(task.replica)
             self.dispatch()
         self._progress()  # the last windows' step reports (they travel apart from the results)
+
+    def _unfinished(self) -> bool:
+        """Windows wait or render. A replica still being rebuilt (its node lost, its placement
+        group waiting for resources that may never come back) does not keep a finished job open."""
+        return bool(len(self.run.queue)) or any(t.kind == "render" for t in self.tasks.values())
+
+    def _check_stalled(self, since: float | None) -> float | None:
+        """Windows wait, no replica is up and none has its resources (every placement group lost
+        its node and waits): fail after ``farm.placement_timeout_s`` with what the cluster has,
+        not wait forever. A replica that is placed and still loading is not stalled."""
+        if self.idle or any(t.kind == "render" for t in self.tasks.values()) or any(map(_placed, self.replicas)):
+            return None
+        now = time.monotonic()
+        timeout = float(self.job.farm.placement_timeout_s)
+        if since is not None and now - since > timeout:
+            raise FarmError(f"no replica could be rebuilt within {timeout:.0f} s ({len(self.run.queue)} window(s) "
+                            f"left; each replica needs {self.world} x {self.bundle} on one node; the cluster has "
+                            f"{self.ray.available_resources()} free)")
+        return since if since is not None else now
 
     def _progress(self) -> None:
         """The step reports the replicas sent since the last look (a lost board only costs them)."""
@@ -230,6 +254,7 @@ class _Farm:
                     "lost its actor" if lost else "failed", rep.index, cause)
         self.run.failed(task.window, task.attempt, cause, lost=lost)
         self.build(rep)
+        self.dispatch()  # a replica left idle by an empty queue takes the window back at once
 
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
@@ -274,6 +299,12 @@ def _fitting(replicas: int, ranks: int, bundle: dict) -> int:
         log.warning("this machine holds %d of the %d replicas asked for (%s each); running %d", fit, replicas,
                     f"{ranks} x {bundle}", fit)
     return min(fit, replicas)
+
+
+def _placed(rep: _Replica) -> bool:
+    from ray.util.placement_group import placement_group_table
+
+    return placement_group_table(rep.pg).get("state") == "CREATED"
 
 
 def _cause(err: Exception) -> str:
