@@ -8,12 +8,10 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import av
@@ -24,14 +22,8 @@ ray = pytest.importorskip("ray")
 
 from infinitetalk_dist.launch.cli import main  # noqa: E402
 from infinitetalk_dist.farm.store import JobStore  # noqa: E402
-from infinitetalk_dist.samples import write_demo_inputs  # noqa: E402
+from tests.farm.raykit import FAST, RAY, REPO, RAY_BIN, free_port, ray_start, ray_stop, scrape, timeline  # noqa: E402
 from tests.media_probe import probe  # noqa: E402
-
-FAST = ["sampler.steps=2", "sampler.frame_num=17", "sampler.motion_frame=5", "--no-progress"]
-# 4 s of audio -> 3 windows (44/43/33 frames) balanced over 2 replicas.
-FARM = ["farm.min_s=1.0", "farm.target_s=1.5", "farm.overlap_s=0.4", "farm.replicas=2"]
-RAY = ["farm=ray", "farm.gpus_per_replica=1"]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _ray_init(**kw):
@@ -55,49 +47,17 @@ def cluster(_module_ray):
         _ray_init()
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ray-in")
-    image, audio = write_demo_inputs(d, seconds=4.0)
-    return ["--image", str(image), "--audio", str(audio), *FAST, *FARM]
-
-
-@pytest.fixture(scope="module")
-def reference(inputs, tmp_path_factory):
-    """The same job with farm=local: the film every farm run must reproduce byte for byte."""
-    out = tmp_path_factory.mktemp("ray-ref") / "film.mp4"
-    assert main(["run", *inputs, "-o", str(out)]) == 0
-    return out.read_bytes()
-
-
 def _steps(out: Path) -> str:
     """The job's itd_dit_steps_total line (the replicas' step reports, counted by the driver)."""
     prom = (Path(f"{out}.job") / "metrics.prom").read_text()
     return next(line for line in prom.splitlines() if line.startswith("itd_dit_steps_total"))
 
 
-def _timeline(out: Path) -> list[dict]:
-    return json.loads((Path(f"{out}.job") / "timeline.json").read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    text = text.replace('itd_job="film.mp4",', "").replace('{itd_job="film.mp4"}', "")  # every sample's job label
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
-
-
 def test_two_replicas_equal_local_and_report(cluster, inputs, reference, tmp_path):
     out = tmp_path / "film.mp4"
     assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
     assert out.read_bytes() == reference
-    tl = _timeline(out)
+    tl = timeline(out)
     assert sorted(a["window"] for a in tl if a["outcome"] == "done") == [0, 1, 2]
     assert {a["replica"] for a in tl} == {0, 1}  # both replicas worked
     first = min(tl, key=lambda a: a["start"])
@@ -115,7 +75,7 @@ def test_two_replicas_equal_local_and_report(cluster, inputs, reference, tmp_pat
 def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, reference, tmp_path):
     """Kill replica 0's actor while a window renders (seen through the metrics endpoint, which
     this also scrapes): the window is re-queued, the replica rebuilt, the film unchanged."""
-    out, port = tmp_path / "film.mp4", _free_port()
+    out, port = tmp_path / "film.mp4", free_port()
     seen: list[dict] = []
     killed: list[str] = []
 
@@ -123,7 +83,7 @@ def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, referenc
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             try:
-                m = _scrape(port)
+                m = scrape(port)
             except OSError:
                 time.sleep(0.1)
                 continue
@@ -141,7 +101,7 @@ def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, referenc
     assert killed, "the test never saw a running window to kill"
     assert seen and seen[0]["itd_windows_planned"] == 3.0  # scraped over HTTP during the run
     assert out.read_bytes() == reference
-    tl = _timeline(out)
+    tl = timeline(out)
     assert [a["outcome"] for a in tl].count("lost") == 1
     assert sorted(a["window"] for a in tl if a["outcome"] == "done") == [0, 1, 2]
     final = (Path(f"{out}.job") / "metrics.prom").read_text()
@@ -158,7 +118,7 @@ def test_corrupted_window_is_rerendered(cluster, inputs, reference, tmp_path):
     victim.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="does not match its recorded sha256"):
         assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
-    assert [a["window"] for a in _timeline(out)] == [2]
+    assert [a["window"] for a in timeline(out)] == [2]
     assert out.read_bytes() == reference
 
 
@@ -182,7 +142,7 @@ def test_store_full_fails_cleanly_and_keeps_windows(cluster, inputs, reference, 
     monkeypatch.setattr(JobStore, "_write_bytes", real)
     assert len(JobStore(f"{out}.job").done()) == 1
     assert main(["run", *inputs, *RAY, "-o", str(out)]) == 0
-    assert len([a for a in _timeline(out) if a["outcome"] == "done"]) == 2
+    assert len([a for a in timeline(out) if a["outcome"] == "done"]) == 2
     assert out.read_bytes() == reference
 
 
@@ -230,7 +190,7 @@ def test_window_failing_every_retry_fails_the_job(inputs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "window 1 failed 2 time(s)" in err and "injected failure rendering window 1" in err
         assert not out.exists()
-        tl = _timeline(out)
+        tl = timeline(out)
         assert [a["outcome"] for a in tl if a["window"] == 1] == ["failed", "failed"]
         assert JobStore(f"{out}.job").done() <= {0, 2}
     finally:
@@ -269,7 +229,7 @@ def test_killed_driver_resumes_same_bytes(inputs, reference, tmp_path):
     assert 1 <= done_at_kill < 3
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    rendered = [a["window"] for a in _timeline(out) if a["outcome"] == "done"]
+    rendered = [a["window"] for a in timeline(out) if a["outcome"] == "done"]
     assert len(rendered) == 3 - done_at_kill  # at most the windows in flight (one per replica)
     assert out.read_bytes() == reference
 
@@ -299,15 +259,13 @@ def test_cpu_farm_started_by_the_command(inputs, reference, tmp_path):
 def test_ray_job_submit_against_a_local_head(inputs, reference, tmp_path):
     if ray.is_initialized():
         ray.shutdown()
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ray_bin = str(Path(sys.executable).with_name("ray"))  # the venv's, activated or not
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
-                             "--include-dashboard=true", f"--dashboard-port={dash}", "--disable-usage-stats"],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = ray_start("--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2", "--include-dashboard=true",
+                     f"--dashboard-port={dash}")
     try:
         out = tmp_path / "film.mp4"
-        submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+        submit = [RAY_BIN, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
                   *_cli("run", *inputs, *RAY[1:], "-o", str(out))]
         deadline = time.time() + 90
         while True:  # the dashboard's job API comes up a few seconds after the head
@@ -319,11 +277,7 @@ def test_ray_job_submit_against_a_local_head(inputs, reference, tmp_path):
         assert "succeeded" in r.stdout
         assert out.read_bytes() == reference
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        ray_stop(head)
 
 
 @pytest.mark.slow
@@ -357,7 +311,7 @@ def test_v2v_film_with_a_shot_cut_on_two_replicas(cluster, tmp_path):
     assert abs(shot["start"] - 250) <= 1 and shot["overlap"] == 0
     info = probe(out, decode=True)
     assert info["frames"] == 600 and abs(info["audio_duration"] - 24.0) < 0.05
-    tl = _timeline(out)
+    tl = timeline(out)
     assert {x["replica"] for x in tl} == {0, 1} and len(tl) == len(cuts)
     # At the shot cut the film switches from the previous window's last frame to the shot
     # window's first frame (re-encoded once), not to a blend of the two.

@@ -1,0 +1,150 @@
+"""Losing a Ray node, not only an actor, and the GCS restarting under a running job.
+
+- Two nodes on this machine (``ray start``, one CPU each, so each holds one replica), the second
+  node's raylet killed while both replicas render: the job finishes on the node that is left,
+  with the farm=local film's bytes.
+- The head's GCS killed and started again while both replicas render, with Ray's embedded
+  RocksDB GCS storage (``RAY_gcs_storage=rocksdb``; the Redis backend needs a Redis server this
+  machine lacks): the replicas and their windows live on, the job finishes, same bytes. The head
+  runs without ``--block`` there: a blocking ``ray start`` tears its node down as soon as any of
+  its processes (the GCS too) exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from infinitetalk_dist.launch.cli import main  # noqa: E402
+from tests.farm.raykit import RAY, RAY_BIN, child, free_port, ray_start, ray_stop, scrape, timeline  # noqa: E402
+
+# The GCS declares a silent node dead after failure_threshold missed checks (default ~30 s).
+FAST_HEALTH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "500",
+               "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+
+
+def _when_both_render(metrics: int, act) -> list:
+    """A thread that calls ``act()`` once both replicas render (seen on the metrics endpoint);
+    what ``act`` returned is put in the list it returns."""
+    done: list = []
+
+    def watch():
+        deadline = time.time() + 180
+        while time.time() < deadline and not done:
+            try:
+                running = scrape(metrics).get('itd_windows{state="running"}', 0)
+            except OSError:
+                running = 0
+            if running >= 2:
+                time.sleep(0.5)  # inside the windows (~3 s each)
+                done.append(act())
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
+def _wait_nodes(n: int, timeout: float = 60.0) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = [x for x in ray.nodes() if x["Alive"]]
+        if len(alive) >= n:
+            return alive
+        time.sleep(0.5)
+    raise AssertionError(f"only {len(alive)} of {n} Ray nodes came up")
+
+
+@pytest.mark.slow
+def test_node_lost_mid_window_job_finishes_on_the_other_node(inputs, reference, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    port, metrics = free_port(), free_port()
+    head = ray_start("--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", env=FAST_HEALTH)
+    node = None
+    try:
+        time.sleep(2)
+        node = ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"second_node": 1}')
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        second = next(x["NodeID"] for x in _wait_nodes(2) if "second_node" in x["Resources"])
+
+        def kill_raylet() -> int:
+            pid = child(node, "raylet")
+            os.kill(pid, signal.SIGKILL)
+            return pid
+
+        killed = _when_both_render(metrics, kill_raylet)
+        out = tmp_path / "film.mp4"
+        assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={metrics}"]) == 0
+        assert killed, "the test never saw both replicas rendering"
+        assert not next(x for x in ray.nodes() if x["NodeID"] == second)["Alive"]
+        assert out.read_bytes() == reference
+        tl = timeline(out)
+        lost = [a for a in tl if a["outcome"] == "lost"]
+        assert len(lost) == 1, tl
+        done = [a for a in tl if a["outcome"] == "done"]
+        assert sorted(a["window"] for a in done) == [0, 1, 2]
+        # the lost window was rendered again by the replica on the node that is left
+        again = next(a for a in done if a["window"] == lost[0]["window"])
+        assert again["replica"] != lost[0]["replica"] and again["start"] >= lost[0]["end"]
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for p in (node, head):
+            if p is not None:
+                ray_stop(p)
+
+
+def _pid_of(name: str) -> int:
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and open(f"/proc/{d}/comm").read().strip() == name:
+                return int(d)
+        except OSError:
+            continue
+    raise LookupError(f"no {name} process")
+
+
+def _restart_gcs() -> int:
+    """SIGKILL the GCS and start it again with its own command line and environment (what a
+    process supervisor or the head pod's restart does); returns the new GCS's PID."""
+    old = _pid_of("gcs_server")
+    with open(f"/proc/{old}/cmdline") as f:
+        cmd = f.read().split("\0")[:-1]
+    with open(f"/proc/{old}/environ") as f:
+        env = dict(kv.split("=", 1) for kv in f.read().split("\0") if "=" in kv)
+    os.kill(old, signal.SIGKILL)
+    time.sleep(1.0)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL).pid
+
+
+@pytest.mark.slow
+def test_gcs_restart_mid_window_job_finishes(inputs, reference, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    port, metrics = free_port(), free_port()
+    env = {**os.environ, "RAY_gcs_storage": "rocksdb", "RAY_gcs_storage_path": str(tmp_path / "gcs")}
+    subprocess.run([RAY_BIN, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+    try:
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        restarted = _when_both_render(metrics, _restart_gcs)
+        out = tmp_path / "film.mp4"
+        assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={metrics}"]) == 0
+        assert restarted, "the test never saw both replicas rendering"
+        assert _pid_of("gcs_server") == restarted[0]  # the job ran on through the new GCS
+        assert out.read_bytes() == reference
+        tl = timeline(out)
+        assert [a["outcome"] for a in tl] == ["done"] * 3  # no actor or window was lost
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        # the head was started without --block: `ray stop` ends its processes (and the new GCS)
+        subprocess.run([RAY_BIN, "stop", "--force"], capture_output=True, timeout=120)
