@@ -55,7 +55,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, *, strict: bool =
 
     Raises :class:`AudioError` (message starts with the path) for: missing file, not a readable
     media file, no audio stream, no decodable samples, shorter than one video frame (1/25 s),
-    silence (integrated loudness -inf, i.e. no 400 ms block above BS.1770's -70 LUFS gate).
+    silence (integrated loudness -inf, i.e. no 400 ms block above BS.1770's -70 LUFS gate; a DC
+    offset is left out of that measure), a constant signal.
     """
     return load_audio_checked(path, sr, strict=strict)[0]
 
@@ -89,13 +90,14 @@ def _check_not_silent(name: str, wave: np.ndarray, sr: int, loudness: float, pea
     offset is not small against the rest (>= 1 % of the swing around it), the gate is applied to
     the signal without it; the loudness returned for normalisation stays the reference's."""
     mean = float(np.mean(wave, dtype=np.float64))
-    swing = float(np.max(np.abs(wave - mean)))
+    swing = max(float(wave.max()) - mean, mean - float(wave.min()))  # max |wave - mean|, no film-sized copy
     if swing == 0.0:
         raise AudioError(f"{name}: audio is silent (a constant {mean:+.3g} offset, DC only, nothing else)")
-    if abs(mean) >= 0.01 * swing:
+    has_dc = abs(mean) >= 0.01 * swing
+    if has_dc:
         loudness = measure_loudness(wave - np.float32(mean), sr)
     if not np.isfinite(loudness) or loudness < SILENCE_LUFS:
-        dc = f", after removing a DC offset of {mean:+.3g}" if abs(mean) >= 0.01 * swing else ""
+        dc = f", after removing a DC offset of {mean:+.3g}" if has_dc else ""
         raise AudioError(
             f"{name}: audio is silent (integrated loudness {loudness:.1f} LUFS{dc}: no 400 ms block "
             f"above the {SILENCE_LUFS:.0f} LUFS absolute gate of ITU-R BS.1770; peak {peak:.2e})"
