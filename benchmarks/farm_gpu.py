@@ -129,6 +129,8 @@ def main() -> None:
         ray["report"] = json.loads(Path(f"{ray_mp4}.timings.json").read_text())
         ray["film"] = sha(ray_mp4)
         rows.append(row("farm=ray" + (" (actor killed)" if ray["killed"] else ""), ray["report"], ray))
+        print(rows[-1], flush=True)  # before farm=local: a run cut short still has this row
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     if ray["rc"] == 0 and args.local != "none":
         store = args.out / "local.mp4.job"
         shutil.rmtree(store, ignore_errors=True)
