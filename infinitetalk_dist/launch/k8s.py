@@ -49,7 +49,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _value(v: Any) -> str:
-    """A Hydra override value: strings quoted, lists/dicts in flow style."""
+    """A Hydra override value that composes back to ``v``: strings quoted where needed, lists and
+    dicts in Hydra's own grammar with every element by these rules (a YAML flow dump would leave
+    a ``${`` or a quote in a list's string, e.g. a LoRA path, to Hydra's parser)."""
     if isinstance(v, str):
         plain = re.fullmatch(r"[A-Za-z_/.][\w./@+-]*", v) and v.lower() not in ("null", "true", "false", "none")
         return v if plain else _quoted(v)
@@ -57,8 +59,13 @@ def _value(v: Any) -> str:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (list, dict)):
-        return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        for k in v:
+            if not re.fullmatch(r"[A-Za-z_][\w-]*", str(k)):
+                raise ValueError(f"cannot write the key {k!r} into a Hydra override (letters, digits, _ and - only)")
+        return "{" + ",".join(f"{k}:{_value(x)}" for k, x in v.items()) + "}"
     return str(v)
 
 
