@@ -97,6 +97,11 @@ def test_flags_with_lists_and_dicts_fill_the_typed_fields(tmp_path):
     assert [(lo.path, lo.strength) for lo in typed.model.loras] == [("a.safetensors", 0.5), ("b.safetensors", 1.0)]
     assert isinstance(typed.model.loras[0], R.LoraSpec) and typed.input.boxes == [[0, 0, 10, 10], [0, 10, 10, 20]]
     assert main(["generate", "--cfg", "--weights", str(tmp_path), "--lora", "a.safetensors:0.5"]) == 0
+    # the same boxes as key=value (the form k8s entrypoints replay): was a merge into None
+    args, overrides = cli._parser().parse_known_args(
+        ["generate", "+input.bbox.person1=[0,0,10,10]", "++input.bbox.person2=[0,10,10,20]"])
+    args.overrides = overrides
+    assert to_config(cli.configure(args)).input.boxes == [[0, 0, 10, 10], [0, 10, 10, 20]]
 
 
 def test_each_command_help_shows_its_own_options(capsys):

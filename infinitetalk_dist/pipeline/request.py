@@ -133,8 +133,10 @@ class InputOptions:
     """Second speaker's track."""
     audio_mode: str = "para"
     """Two speakers: para (simultaneous) | add (one after the other)."""
-    bbox: dict[str, Any] | None = None
-    """Two speakers: {person1: [x0, y0, x1, y1], person2: [...]} on the source picture (x = rows)."""
+    bbox: dict[str, Any] = field(default_factory=dict)
+    """Two speakers: {person1: [x0, y0, x1, y1], person2: [...]} on the source picture (x = rows);
+    empty: the reference's default halves. (An empty dict, not None: Hydra cannot set keys of a
+    dict that is None, so ``+input.bbox.person1=[...]`` would fail.)"""
     i2v_motion: str = "none"
     """I2V: a slow virtual camera over the picture (zoom | pan | none): each chunk is anchored on
     the moved picture, as on a V2V source's frame (the official tip for long I2V, built in)."""
@@ -160,7 +162,7 @@ class InputOptions:
             raise InputError(f"input.i2v_motion must be zoom, pan or none, got {self.i2v_motion!r}")
         if self.i2v_motion != "none" and self.video:
             raise InputError("input.i2v_motion moves a picture (--image): a --video source already moves")
-        if self.bbox is not None:
+        if self.bbox:
             try:
                 if any(len(b) != 4 or not all(isinstance(v, (int, float)) for v in b) for b in self.boxes):
                     raise TypeError
@@ -173,7 +175,7 @@ class InputOptions:
     @property
     def boxes(self) -> list[list[float]] | None:
         """The two speakers' boxes, or None."""
-        return None if self.bbox is None else [list(self.bbox["person1"]), list(self.bbox["person2"])]
+        return [list(self.bbox["person1"]), list(self.bbox["person2"])] if self.bbox else None
 
 
 @dataclass

@@ -203,7 +203,8 @@ def test_user_strings_are_literal_data(tmp_path, monkeypatch, capsys):
     titles = tmp_path / "titles.csv"
     titles.write_text("name,audio,video\nep-${oc.env:ITD_SECRET},/data/in/ep1.wav,/data/in/ep1.mp4\n")
     lora = "/weights/it's ${oc.env:ITD_SECRET}, [x].safetensors"  # inside a list of dicts: the same rules
-    assert main(["k8s", "render", *JOB, "--prompt", prompt, "--lora", f"{lora}:0.8", f"k8s.out={out}"]) == 0
+    assert main(["k8s", "render", *JOB, "--prompt", prompt, "--lora", f"{lora}:0.8", "--bbox",
+                 *"0 0 10 10 0 10 10 20".split(), f"k8s.out={out}"]) == 0
     assert main(["k8s", "render", *JOB, "--prompt", prompt, f"k8s.titles={titles}",
                  f"k8s.out={tmp_path / 't'}"]) == 0
     for folder in (out, tmp_path / "t"):
@@ -213,6 +214,7 @@ def test_user_strings_are_literal_data(tmp_path, monkeypatch, capsys):
     replayed = to_config(compose(["farm=ray", *shlex.split(entry)[4:]]))
     assert replayed.input.prompt == prompt
     assert [(x.path, x.strength) for x in replayed.model.loras] == [(lora, 0.8)]
+    assert replayed.input.boxes == [[0, 0, 10, 10], [0, 10, 10, 20]]  # a dict the schema defaults to empty
     assert main(["generate", "--prompt", prompt, "--cfg"]) == 0
     assert "hunter2" not in capsys.readouterr().out
 
