@@ -1,8 +1,9 @@
 """Losing a Ray node, not only an actor, and the GCS restarting under a running job.
 
-- Two nodes on this machine (``ray start``, one CPU each, so each holds one replica), the second
+- Two worker nodes on this machine (``ray start``, one CPU each, so each holds one replica), one
   node's raylet killed while both replicas render: the job finishes on the node that is left,
-  with the farm=local film's bytes.
+  with the farm=local film's bytes; then the last node lost under a one-replica job: one error
+  line after ``farm.placement_timeout_s``, not a wait for resources that never come back.
 - The head's GCS killed and started again while both replicas render, with Ray's embedded
   RocksDB GCS storage (``RAY_gcs_storage=rocksdb``; the Redis backend needs a Redis server this
   machine lacks): the replicas and their windows live on, the job finishes, same bytes. The head
@@ -30,9 +31,9 @@ FAST_HEALTH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_pe
                "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 
-def _when_both_render(metrics: int, act) -> list:
-    """A thread that calls ``act()`` once both replicas render (seen on the metrics endpoint);
-    what ``act`` returned is put in the list it returns."""
+def _when_both_render(metrics: int, act, replicas: int = 2) -> list:
+    """A thread that calls ``act()`` once ``replicas`` replicas render (seen on the metrics
+    endpoint); what ``act`` returned is put in the list it returns."""
     done: list = []
 
     def watch():
@@ -42,7 +43,7 @@ def _when_both_render(metrics: int, act) -> list:
                 running = scrape(metrics).get('itd_windows{state="running"}', 0)
             except OSError:
                 running = 0
-            if running >= 2:
+            if running >= replicas:
                 time.sleep(0.5)  # inside the windows (~3 s each)
                 done.append(act())
             time.sleep(0.1)
@@ -62,28 +63,35 @@ def _wait_nodes(n: int, timeout: float = 60.0) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_node_lost_mid_window_job_finishes_on_the_other_node(inputs, reference, tmp_path):
+def test_node_lost_mid_window_job_finishes_on_the_other_node(inputs, reference, tmp_path, capsys):
+    """Nodes a and b hold one replica each (the head holds none); b's raylet is killed mid-window:
+    the job ends on a, same bytes. Then a one-replica job on a, whose raylet is killed too: no
+    node can take the replica back, and the job stops after farm.placement_timeout_s, one line."""
     if ray.is_initialized():
         ray.shutdown()
     port, metrics = free_port(), free_port()
-    head = ray_start("--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", env=FAST_HEALTH)
-    node = None
+    head = ray_start("--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", env=FAST_HEALTH)
+    nodes = {}
     try:
         time.sleep(2)
-        node = ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"second_node": 1}')
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-        second = next(x["NodeID"] for x in _wait_nodes(2) if "second_node" in x["Resources"])
+        for n, name in enumerate(("a", "b"), start=2):  # one after the other: two at once race for ports
+            nodes[name] = ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=1", f'--resources={{"node_{name}": 1}}')
+            alive = _wait_nodes(n, timeout=90)
+        b_id = next(x["NodeID"] for x in alive if "node_b" in x["Resources"])
 
-        def kill_raylet() -> int:
-            pid = child(node, "raylet")
-            os.kill(pid, signal.SIGKILL)
-            return pid
+        def kill_raylet(name: str):
+            def kill() -> int:
+                pid = child(nodes[name], "raylet")
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            return kill
 
-        killed = _when_both_render(metrics, kill_raylet)
+        killed = _when_both_render(metrics, kill_raylet("b"))
         out = tmp_path / "film.mp4"
         assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={metrics}"]) == 0
         assert killed, "the test never saw both replicas rendering"
-        assert not next(x for x in ray.nodes() if x["NodeID"] == second)["Alive"]
+        assert not next(x for x in ray.nodes() if x["NodeID"] == b_id)["Alive"]
         assert out.read_bytes() == reference
         tl = timeline(out)
         lost = [a for a in tl if a["outcome"] == "lost"]
@@ -93,12 +101,23 @@ def test_node_lost_mid_window_job_finishes_on_the_other_node(inputs, reference, 
         # the lost window was rendered again by the replica on the node that is left
         again = next(a for a in done if a["window"] == lost[0]["window"])
         assert again["replica"] != lost[0]["replica"] and again["start"] >= lost[0]["end"]
+
+        capsys.readouterr()
+        metrics = free_port()  # the first job's port may not be free again yet
+        killed = _when_both_render(metrics, kill_raylet("a"), replicas=1)
+        t0 = time.perf_counter()
+        alone = tmp_path / "alone" / "film.mp4"  # film.mp4: the job label scrape() expects
+        assert main(["run", *inputs, *RAY, "farm.replicas=1", "farm.placement_timeout_s=3", "-o", str(alone),
+                     f"farm.metrics_port={metrics}"]) == 1
+        assert killed and time.perf_counter() - t0 < 120
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and "no replica could be rebuilt within 3 s" in err[0], err
+        assert not alone.exists()
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        for p in (node, head):
-            if p is not None:
-                ray_stop(p)
+        for p in (*nodes.values(), head):
+            ray_stop(p)
 
 
 def _pid_of(name: str) -> int:
