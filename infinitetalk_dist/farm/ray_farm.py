@@ -202,16 +202,19 @@ class _Farm:
             self.dispatch()
         self._progress()  # the last windows' step reports (they travel apart from the results)
 
+    def _rendering(self) -> bool:
+        return any(t.kind == "render" for t in self.tasks.values())
+
     def _unfinished(self) -> bool:
         """Windows wait or render. A replica still being rebuilt (its node lost, its placement
         group waiting for resources that may never come back) does not keep a finished job open."""
-        return bool(len(self.run.queue)) or any(t.kind == "render" for t in self.tasks.values())
+        return bool(len(self.run.queue)) or self._rendering()
 
     def _check_stalled(self, since: float | None) -> float | None:
         """Windows wait, no replica is up and none has its resources (every placement group lost
         its node and waits): fail after ``farm.placement_timeout_s`` with what the cluster has,
         not wait forever. A replica that is placed and still loading is not stalled."""
-        if self.idle or any(t.kind == "render" for t in self.tasks.values()) or any(map(_placed, self.replicas)):
+        if self.idle or self._rendering() or any(map(_placed, self.replicas)):
             return None
         now = time.monotonic()
         timeout = float(self.job.farm.placement_timeout_s)

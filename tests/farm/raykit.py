@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -63,16 +64,47 @@ def ray_stop(p: subprocess.Popen) -> None:
         pass
 
 
-def child(p: subprocess.Popen, name: str) -> int:
-    """The PID of the process called ``name`` that node ``p`` started (Linux /proc)."""
+def processes():
+    """``(pid, name, process group, argv)`` of every process on this machine (Linux /proc)."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             stat = (d / "stat").read_text()
-        except OSError:
+            argv = (d / "cmdline").read_text().split("\0")[:-1]
+        except OSError:  # gone meanwhile
             continue
-        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if comm == name and int(rest[2]) == p.pid:  # fields after comm: state, ppid, pgrp
-            return int(d.name)
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        yield int(d.name), name, int(rest[2]), argv  # fields after the name: state, ppid, pgrp, ...
+
+
+def child(p: subprocess.Popen, name: str) -> int:
+    """The PID of the process called ``name`` in the group of node ``p``."""
+    for pid, comm, group, _ in processes():
+        if comm == name and group == p.pid:
+            return pid
     raise LookupError(f"no {name} process in the group of pid {p.pid}")
+
+
+def when_rendering(port: int, act, replicas: int = 2) -> tuple[list, list[dict]]:
+    """A thread that calls ``act()`` once ``replicas`` windows render (seen on the metrics
+    endpoint at ``port``, half a second into them). Returns ``(acted, seen)``: what ``act``
+    returned, once it has, and every scrape so far."""
+    acted: list = []
+    seen: list[dict] = []
+
+    def watch():
+        deadline = time.time() + 180
+        while time.time() < deadline and not acted:
+            try:
+                seen.append(scrape(port))
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if seen[-1].get('itd_windows{state="running"}', 0) >= replicas:
+                time.sleep(0.5)  # well inside the windows (~3 s each)
+                acted.append(act())
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return acted, seen

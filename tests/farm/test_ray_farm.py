@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,8 @@ ray = pytest.importorskip("ray")
 
 from infinitetalk_dist.launch.cli import main  # noqa: E402
 from infinitetalk_dist.farm.store import JobStore  # noqa: E402
-from tests.farm.raykit import FAST, RAY, REPO, RAY_BIN, free_port, ray_start, ray_stop, scrape, timeline  # noqa: E402
+from tests.farm.raykit import (FAST, RAY, RAY_BIN, REPO, free_port, ray_start, ray_stop, timeline,  # noqa: E402
+                               when_rendering)
 from tests.media_probe import probe  # noqa: E402
 
 
@@ -76,28 +76,13 @@ def test_killed_actor_mid_window_is_rebuilt_same_bytes(cluster, inputs, referenc
     """Kill replica 0's actor while a window renders (seen through the metrics endpoint, which
     this also scrapes): the window is re-queued, the replica rebuilt, the film unchanged."""
     out, port = tmp_path / "film.mp4", free_port()
-    seen: list[dict] = []
-    killed: list[str] = []
 
-    def chaos():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            try:
-                m = scrape(port)
-            except OSError:
-                time.sleep(0.1)
-                continue
-            seen.append(m)
-            if m.get('itd_windows{state="running"}', 0) >= 2:  # both replicas are rendering
-                time.sleep(0.5)  # well inside a window (~3 s each)
-                ray.kill(ray.get_actor("itd-r0-k0-b1"), no_restart=True)
-                killed.append("itd-r0-k0-b1")
-            time.sleep(0.1)
+    def kill() -> str:
+        ray.kill(ray.get_actor("itd-r0-k0-b1"), no_restart=True)
+        return "itd-r0-k0-b1"
 
-    t = threading.Thread(target=chaos, daemon=True)
-    t.start()
+    killed, seen = when_rendering(port, kill)  # once both replicas render
     assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={port}"]) == 0
-    t.join(timeout=5)
     assert killed, "the test never saw a running window to kill"
     assert seen and seen[0]["itd_windows_planned"] == 3.0  # scraped over HTTP during the run
     assert out.read_bytes() == reference

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -24,32 +23,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from infinitetalk_dist.launch.cli import main  # noqa: E402
-from tests.farm.raykit import RAY, RAY_BIN, child, free_port, ray_start, ray_stop, scrape, timeline  # noqa: E402
+from tests.farm.raykit import (RAY, RAY_BIN, child, free_port, processes, ray_start, ray_stop, timeline,  # noqa: E402
+                               when_rendering)
 
 # The GCS declares a silent node dead after failure_threshold missed checks (default ~30 s).
 FAST_HEALTH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "500",
                "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
-
-
-def _when_both_render(metrics: int, act, replicas: int = 2) -> list:
-    """A thread that calls ``act()`` once ``replicas`` replicas render (seen on the metrics
-    endpoint); what ``act`` returned is put in the list it returns."""
-    done: list = []
-
-    def watch():
-        deadline = time.time() + 180
-        while time.time() < deadline and not done:
-            try:
-                running = scrape(metrics).get('itd_windows{state="running"}', 0)
-            except OSError:
-                running = 0
-            if running >= replicas:
-                time.sleep(0.5)  # inside the windows (~3 s each)
-                done.append(act())
-            time.sleep(0.1)
-
-    threading.Thread(target=watch, daemon=True).start()
-    return done
 
 
 def _wait_nodes(n: int, timeout: float = 60.0) -> list[dict]:
@@ -87,7 +66,7 @@ def test_node_lost_mid_window_job_finishes_on_the_other_node(inputs, reference, 
                 return pid
             return kill
 
-        killed = _when_both_render(metrics, kill_raylet("b"))
+        killed = when_rendering(metrics, kill_raylet("b"))[0]
         out = tmp_path / "film.mp4"
         assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={metrics}"]) == 0
         assert killed, "the test never saw both replicas rendering"
@@ -104,7 +83,7 @@ def test_node_lost_mid_window_job_finishes_on_the_other_node(inputs, reference, 
 
         capsys.readouterr()
         metrics = free_port()  # the first job's port may not be free again yet
-        killed = _when_both_render(metrics, kill_raylet("a"), replicas=1)
+        killed = when_rendering(metrics, kill_raylet("a"), replicas=1)[0]
         t0 = time.perf_counter()
         alone = tmp_path / "alone" / "film.mp4"  # film.mp4: the job label scrape() expects
         assert main(["run", *inputs, *RAY, "farm.replicas=1", "farm.placement_timeout_s=3", "-o", str(alone),
@@ -123,31 +102,20 @@ def test_node_lost_mid_window_job_finishes_on_the_other_node(inputs, reference, 
 def _kill_cluster(port: int) -> None:
     """SIGKILL every process of the Ray cluster whose GCS listens on ``port`` (its GCS, raylet,
     agents and workers name that address on their command lines), and no other Ray's."""
-    marks = (f"--gcs_server_port={port}", f":{port}")
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline") as f:
-                args = f.read().split("\0")
-        except OSError:
-            continue
-        if any(a.startswith(marks[0]) or ("gcs" in a and a.endswith(marks[1])) for a in args):
+    for pid, _, _, argv in processes():
+        if pid != os.getpid() and any(a == f"--gcs_server_port={port}" or ("gcs" in a and a.endswith(f":{port}"))
+                                      for a in argv):
             try:
-                os.kill(int(d), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
 
 def _gcs_pid(port: int) -> int:
     """The PID of the GCS listening on ``port`` (another Ray on this machine is left alone)."""
-    for d in os.listdir("/proc"):
-        try:
-            if d.isdigit() and open(f"/proc/{d}/comm").read().strip() == "gcs_server":
-                if f"--gcs_server_port={port}" in open(f"/proc/{d}/cmdline").read().split("\0"):
-                    return int(d)
-        except OSError:
-            continue
+    for pid, name, _, argv in processes():
+        if name == "gcs_server" and f"--gcs_server_port={port}" in argv:
+            return pid
     raise LookupError(f"no GCS on port {port}")
 
 
@@ -175,7 +143,7 @@ def test_gcs_restart_mid_window_job_finishes(inputs, reference, tmp_path):
                     "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
     try:
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-        restarted = _when_both_render(metrics, lambda: _restart_gcs(port))
+        restarted = when_rendering(metrics, lambda: _restart_gcs(port))[0]
         out = tmp_path / "film.mp4"
         assert main(["run", *inputs, *RAY, "-o", str(out), f"farm.metrics_port={metrics}"]) == 0
         assert restarted, "the test never saw both replicas rendering"
