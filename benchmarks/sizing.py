@@ -1,10 +1,12 @@
 """Sizing guide: GPU-hours per minute of output and GPUs for a film in a target wall time.
 
-One row is measured end to end through the CLI; the others are projected (marked so in the
+Two rows are measured end to end through the CLI; the others are projected (marked so in the
 table) from the per-forward benchmarks of `benchmarks/RESULTS.md`:
 
-    measured, H200 through `generate` (e2e.py case (a): 20 s 480p I2V, 4-step LightX2V + LoRA,
-    compile auto, 7 chunks): DiT 6.49 s a step, VAE 44.1 s over 7 chunks, mux 11.7 s per 20 s.
+    measured, H200 through `generate` (e2e.py), compile auto (the DiT blocks; the VAE eager):
+      4-step 480p   case (a), 20 s I2V, LightX2V + LoRA, 7 chunks: DiT 6.49 s a step
+      40-step 480p  case (b), V2V, one chunk: DiT 9.73 s a step (3 guidance branches)
+      VAE and mux   case (a) on the eager VAE: 22.1 s over 7 chunks, mux 10.3 s per 20 s
     The farm on the same card (farm_gpu.py, 40 s in 4 windows, compile=false) ran 8.0 s a step
     and wrote 1000 frames in 598 s of window time: the uncompiled path costs ~20% more.
 
@@ -35,7 +37,8 @@ REPLICA_EFF = {("480p", 1): 1.0, ("480p", 2): 0.89, ("480p", 4): 0.86, ("720p", 
 PRESETS = {"40-step": 40 * 3, "4-step": 4 * 2}  # batched forwards (branches x steps) per chunk
 CHUNK_OUT_S, WINDOW_S, OVERLAP_S, SCHED = 72 / 25, 60.0, 1.0, 1.03
 # (preset, size) -> (DiT s per chunk, VAE s per chunk, mux s per output s), measured through the CLI
-MEASURED = {("4-step", "480p"): (4 * 6.49, 44.1 / 7, 11.7 / 20)}
+VAE_EAGER, MUX = 22.1 / 7, 10.3 / 20
+MEASURED = {("4-step", "480p"): (4 * 6.49, VAE_EAGER, MUX), ("40-step", "480p"): (40 * 9.73, VAE_EAGER, MUX)}
 
 
 def window_seconds(size: str, preset: str) -> float:

@@ -60,15 +60,22 @@ def test_compiled_blocks_equal_eager():
 
 
 def test_speed_up_compiles_dit_and_vae():
-    """compile=true (what `auto` does on CUDA, one rank per replica): every DiT block and the
-    VAE's encoder/decoder are compiled in place (compiled blocks give the eager numbers: test
-    above; the compiled bf16 VAE's error is measured on the GPU by benchmarks/vae_chunk.py)."""
+    """compile=true: every DiT block and the VAE's encoder/decoder are compiled in place (compiled
+    blocks give the eager numbers: test above; the compiled bf16 VAE's error is measured on the GPU
+    by benchmarks/vae_chunk.py). ``auto`` compiles only the DiT, on CUDA, one rank per replica."""
     from infinitetalk_dist.pipeline.request import GenerateRequest
-    from infinitetalk_dist.pipeline.runtime import speed_up
+    from infinitetalk_dist.pipeline.runtime import compile_targets, speed_up
 
+    assert compile_targets("auto", "cuda", 1, True) == (True, False)  # the VAE's cold compile does not pay
+    assert compile_targets("auto", "cuda", 2, True) == (False, False)
+    assert compile_targets("auto", "cpu", 1, True) == (False, False)
+    assert compile_targets(True, "cpu", 1, True) == (True, True)
+    assert compile_targets(True, "cuda", 4, True) == (True, False)  # the spread VAE's halo hooks stay eager
+    assert compile_targets(True, "cuda", 4, False) == (True, True)
+    assert compile_targets(False, "cuda", 1, False) == (False, False)
     models = random_models("tiny", 0, torch.float32, "cpu", skip=("clip", "t5", "wav2vec2"))
     speed_up(GenerateRequest(device="cpu", compile="auto"), models)
-    assert models.vae.decoder._compiled_call_impl is None  # auto: not on CPU
+    assert models.vae.decoder._compiled_call_impl is None and models.dit.blocks[0]._compiled_call_impl is None
     speed_up(GenerateRequest(device="cpu", compile=True), models)
     assert all(b._compiled_call_impl is not None for b in models.dit.blocks)
     assert models.vae.encoder._compiled_call_impl is not None and models.vae.decoder._compiled_call_impl is not None

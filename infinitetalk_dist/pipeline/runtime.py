@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,21 +111,29 @@ def _check_random_fits(preset: str, dtype: torch.dtype, device: torch.device) ->
                          "infinitetalk-dist weights download DIR) or use --preset tiny")
 
 
+def compile_targets(compile: Any, device_type: str, world: int, vae_spread: bool) -> tuple[bool, bool]:
+    """What ``compile`` compiles: (the DiT blocks, the VAE's encoder and decoder). ``auto`` is the
+    DiT blocks on CUDA with one rank per replica; the VAE only with ``true``: through the CLI on an
+    H200 its cold compile took 70-175 s and the compiled fp32 VAE was no faster per chunk than the
+    eager one (RESULTS.md, end to end). The spread VAE's halo hooks stay eager."""
+    dit = compile is True or (compile == "auto" and device_type == "cuda" and world == 1)
+    return dit, compile is True and (world == 1 or not vae_spread)
+
+
 def speed_up(request: GenerateRequest, models: Models, world: int = 1) -> Models:
     """The fast paths of the request, applied in place (benchmarks/RESULTS.md has their times
     and errors): ``fp8`` row-scaled fp8 linears in the DiT blocks (one rank per replica only),
-    then ``compile`` (``auto``: on CUDA with one rank per replica; ``true``: always) of every DiT
-    block and of the VAE's encoder and decoder."""
+    then ``compile`` (:func:`compile_targets`)."""
     if request.fp8:
         if world > 1:
             raise InputError("fp8=true needs one rank per replica (FSDP shards bf16 weights)")
         fp8_linears(models.dit)
-    comp = request.compile
-    if comp is True or (comp == "auto" and torch.device(request.device).type == "cuda" and world == 1):
+    dit, vae = compile_targets(request.compile, torch.device(request.device).type, world, request.parallel.vae_spread)
+    if dit:
         compile_blocks(models.dit)
-        if world == 1 or not request.parallel.vae_spread:  # the spread VAE's halo hooks stay eager
-            models.vae.encoder.compile()
-            models.vae.decoder.compile()
+    if vae:
+        models.vae.encoder.compile()
+        models.vae.decoder.compile()
     if request.offload.dit_resident_blocks is not None:  # after compile: the streaming stays outside it
         try:
             offload_blocks(models.dit, request.offload.dit_resident_blocks, request.device)
