@@ -255,7 +255,8 @@ class GenerateRequest:
     """Attention kernel: null/auto (fa3 on Hopper with fa3-fwd installed, else sdpa: cuDNN on Hopper with
     torch >= 2.11) | sdpa | cudnn | flash2 | flash3 | fa3 | fa3_fp8 | sage | triton_int8 | triton_fp8."""
     compile: Any = "auto"
-    """torch.compile: auto (the DiT blocks, on CUDA with one rank per replica) | true (the DiT blocks and the VAE) | false."""
+    """torch.compile: auto (the DiT blocks, on CUDA with one rank per replica) | true (the DiT blocks
+    and the VAE) | false."""
     vae_dtype: str = "float32"
     """float32 (TF32 convs on GPUs) | bfloat16 (VAE ~1.7x faster on an H100, rel L2 2e-2)."""
     vae_tiling: str = "auto"

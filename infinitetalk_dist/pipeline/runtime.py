@@ -111,13 +111,13 @@ def _check_random_fits(preset: str, dtype: torch.dtype, device: torch.device) ->
                          "infinitetalk-dist weights download DIR) or use --preset tiny")
 
 
-def compile_targets(compile: Any, device_type: str, world: int, vae_spread: bool) -> tuple[bool, bool]:
-    """What ``compile`` compiles: (the DiT blocks, the VAE's encoder and decoder). ``auto`` is the
-    DiT blocks on CUDA with one rank per replica; the VAE only with ``true``: through the CLI on an
-    H200 its cold compile took 70-175 s and the compiled fp32 VAE was no faster per chunk than the
-    eager one (RESULTS.md, end to end). The spread VAE's halo hooks stay eager."""
-    dit = compile is True or (compile == "auto" and device_type == "cuda" and world == 1)
-    return dit, compile is True and (world == 1 or not vae_spread)
+def compile_targets(mode: Any, device_type: str, world: int, vae_spread: bool) -> tuple[bool, bool]:
+    """What ``compile`` (``mode``) compiles: (the DiT blocks, the VAE's encoder and decoder).
+    ``auto`` is the DiT blocks on CUDA with one rank per replica; the VAE only with ``true``:
+    through the CLI on an H200 its cold compile took 70-175 s and the compiled fp32 VAE was slower
+    than the eager one (RESULTS.md, end to end). The spread VAE's halo hooks stay eager."""
+    dit = mode is True or (mode == "auto" and device_type == "cuda" and world == 1)
+    return dit, mode is True and (world == 1 or not vae_spread)
 
 
 def speed_up(request: GenerateRequest, models: Models, world: int = 1) -> Models:
