@@ -85,6 +85,25 @@ def windows_of(store: Path) -> dict[int, str]:
     return {int(k): v["sha256"] for k, v in json.loads((store / "manifest.json").read_text())["windows"].items()}
 
 
+def frame_diff(a: Path, b: Path) -> dict:
+    """How two renders of a window differ, decoded: frames, frames that differ, first one, the
+    largest pixel difference and the PSNR over all frames (a numeric drift or a wrong input)."""
+    import numpy as np
+
+    from infinitetalk_dist.media.container import iter_video_frames
+
+    n = differ = 0
+    first, worst, sq = None, 0, 0.0
+    for fa, fb in zip(iter_video_frames(a), iter_video_frames(b), strict=False):
+        d = np.abs(fa.astype(np.int16) - fb.astype(np.int16))
+        if d.any():
+            differ += 1
+            first = n if first is None else first
+        worst, sq, n = max(worst, int(d.max())), sq + float((d.astype(np.float64) ** 2).mean()), n + 1
+    psnr = float(10 * np.log10(255.0**2 / (sq / max(n, 1)))) if sq else float("inf")
+    return dict(frames=n, differ=differ, first_differing=first, max_abs=worst, psnr_db=round(psnr, 2))
+
+
 def row(name: str, report: dict, extra: dict) -> str:
     run = report["run"] or {}
     setup = max((s["load_s"] for s in run.get("setups", [])), default=0.0)
@@ -151,6 +170,11 @@ def main() -> None:
             local["windows_rerendered"] = redo or sorted(b)
             local["windows_equal"] = all(a[k] == b[k] for k in local["windows_rerendered"])
             local["film_equal"] = local["film"] == ray["film"]
+            for k in local["windows_rerendered"]:
+                if a[k] != b[k]:  # how far apart: the decoded frames of the two renders
+                    files = [next((s / "windows").glob(f"{k:05d}.*")) for s in (Path(f"{ray_mp4}.job"), store)]
+                    local.setdefault("window_diffs", {})[k] = d = frame_diff(*files)
+                    print(f"window #{k} differs: {d}", flush=True)
             rows.append(row(f"farm=local ({len(local['windows_rerendered'])} windows re-rendered)",
                             local["report"], local))
             print(f"films equal: {local['film_equal']}; re-rendered windows equal: {local['windows_equal']}")

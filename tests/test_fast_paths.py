@@ -6,7 +6,7 @@ import torch
 
 from infinitetalk_dist.kernels.fp8 import FP8_MAX, Fp8Linear, quantize_rows
 from infinitetalk_dist.models.build import random_models
-from infinitetalk_dist.parallel import compile_blocks, fp8_linears
+from infinitetalk_dist.parallel import INDUCTOR_OPTIONS, compile_blocks, fp8_linears
 from tests.parity.golden import record, rel_l2
 
 
@@ -59,10 +59,12 @@ def test_compiled_blocks_equal_eager():
     assert err < 1e-5
 
 
-def test_speed_up_compiles_dit_and_vae():
+def test_speed_up_compiles_dit_and_vae(monkeypatch):
     """compile=true: every DiT block and the VAE's encoder/decoder are compiled in place (compiled
     blocks give the eager numbers: test above; the compiled bf16 VAE's error is measured on the GPU
-    by benchmarks/vae_chunk.py). ``auto`` compiles only the DiT, on CUDA, one rank per replica."""
+    by benchmarks/vae_chunk.py), all in Inductor's deterministic mode (the same bytes in every
+    process: benchmarks/compile_determinism.py). ``auto`` compiles only the DiT, on CUDA, one rank
+    per replica."""
     from infinitetalk_dist.pipeline.request import GenerateRequest
     from infinitetalk_dist.pipeline.runtime import compile_targets, speed_up
 
@@ -76,7 +78,10 @@ def test_speed_up_compiles_dit_and_vae():
     models = random_models("tiny", 0, torch.float32, "cpu", skip=("clip", "t5", "wav2vec2"))
     speed_up(GenerateRequest(device="cpu", compile="auto"), models)
     assert models.vae.decoder._compiled_call_impl is None and models.dit.blocks[0]._compiled_call_impl is None
+    options, compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *a, **kw: options.append(kw.get("options")) or compile(*a, **kw))
     speed_up(GenerateRequest(device="cpu", compile=True), models)
+    assert options == [INDUCTOR_OPTIONS] * (len(models.dit.blocks) + 2) and INDUCTOR_OPTIONS["deterministic"]
     assert all(b._compiled_call_impl is not None for b in models.dit.blocks)
     assert models.vae.encoder._compiled_call_impl is not None and models.vae.decoder._compiled_call_impl is not None
     with pytest.raises(ValueError, match="compile must be"):  # the request's schema refuses it

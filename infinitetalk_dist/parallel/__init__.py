@@ -11,11 +11,12 @@ Imports only torch (and the models): usable on the GPU image. Typical use::
 from .cfg import batch_branches, plan_branches, predict_branches
 from .fsdp import fully_shard_dit, is_sharded, local_param_bytes
 from .load import load_dit, random_sharded_dit
-from .parallelize import compile_blocks, fp8_linears, parallelize_dit
+from .parallelize import INDUCTOR_OPTIONS, compile_blocks, fp8_linears, parallelize_dit
 from .state import ParallelState, init_distributed
 from .ulysses import check_heads
 
 __all__ = [
+    "INDUCTOR_OPTIONS",
     "ParallelState",
     "batch_branches",
     "check_heads",

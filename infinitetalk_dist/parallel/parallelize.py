@@ -17,7 +17,7 @@ from .fsdp import fully_shard_dit
 from .state import ParallelState
 from .ulysses import SequenceShard, ShardedSpeakerMap, UlyssesAttention, check_heads
 
-__all__ = ["compile_blocks", "fp8_linears", "parallelize_dit"]
+__all__ = ["INDUCTOR_OPTIONS", "compile_blocks", "fp8_linears", "parallelize_dit"]
 
 
 def parallelize_dit(model: InfiniteTalkDiT, state: ParallelState, *, fsdp: bool = True,
@@ -47,11 +47,21 @@ def parallelize_dit(model: InfiniteTalkDiT, state: ParallelState, *, fsdp: bool 
     return model
 
 
+# Inductor picks some reduction kernels' block sizes by timing candidates on the device, once per
+# process; a near tie can flip the pick, and the summation order with it, between processes
+# (pytorch#189121). A farm window re-rendered after a killed actor must give the same bytes:
+# deterministic mode (pytorch#163589) picks without timing. Cost and bytes per process:
+# benchmarks/compile_determinism.py (RESULTS.md).
+INDUCTOR_OPTIONS = {"deterministic": True}
+
+
 def compile_blocks(model: InfiniteTalkDiT, **compile_kw) -> InfiniteTalkDiT:
     """``torch.compile`` each DiT block in place (parameter names unchanged): Inductor fuses the
     elementwise chain around the matmuls and attention (float32 modulation, LayerNorm/RMSNorm,
     RoPE, gates, tanh-GELU). The blocks share one compiled graph (same code, parameters as
-    inputs). Apply after :func:`parallelize_dit` so the swapped-in seams are traced too."""
+    inputs). Apply after :func:`parallelize_dit` so the swapped-in seams are traced too.
+    Inductor runs in :data:`INDUCTOR_OPTIONS` unless ``options`` says otherwise."""
+    compile_kw.setdefault("options", INDUCTOR_OPTIONS)
     for block in model.blocks:
         block.compile(**compile_kw)
     return model

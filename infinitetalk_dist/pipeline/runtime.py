@@ -17,7 +17,8 @@ from infinitetalk_dist.errors import InputError
 from infinitetalk_dist.kernels import device_backend
 from infinitetalk_dist.models.build import Models, load_models, random_models
 from infinitetalk_dist.models.weights import WeightsLayout
-from infinitetalk_dist.parallel import ParallelState, compile_blocks, fp8_linears, load_dit, parallelize_dit, predict_branches
+from infinitetalk_dist.parallel import (INDUCTOR_OPTIONS, ParallelState, compile_blocks, fp8_linears, load_dit,
+                                        parallelize_dit, predict_branches)
 from infinitetalk_dist.parallel.load_quant import load_quantized_dit
 from infinitetalk_dist.parallel.offload import offload_blocks
 from infinitetalk_dist.parallel.vae_spread import SpreadVAE
@@ -132,8 +133,8 @@ def speed_up(request: GenerateRequest, models: Models, world: int = 1) -> Models
     if dit:
         compile_blocks(models.dit)
     if vae:
-        models.vae.encoder.compile()
-        models.vae.decoder.compile()
+        models.vae.encoder.compile(options=INDUCTOR_OPTIONS)
+        models.vae.decoder.compile(options=INDUCTOR_OPTIONS)
     if request.offload.dit_resident_blocks is not None:  # after compile: the streaming stays outside it
         try:
             offload_blocks(models.dit, request.offload.dit_resident_blocks, request.device)
