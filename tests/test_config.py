@@ -104,6 +104,18 @@ def test_flags_with_lists_and_dicts_fill_the_typed_fields(tmp_path):
     assert to_config(cli.configure(args)).input.boxes == [[0, 0, 10, 10], [0, 10, 10, 20]]
 
 
+def test_quiet_also_hides_the_progress_bar_unless_asked():
+    from infinitetalk_dist.launch import cli
+
+    def progress(*argv):
+        args, overrides = cli._parser().parse_known_args(["generate", *argv])
+        args.overrides = overrides
+        return to_config(cli.configure(args)).progress
+
+    assert progress() is True and progress("-q") is False and progress("--no-progress") is False
+    assert progress("-q", "progress=true") is True  # the key=value the user wrote wins, not "set twice"
+
+
 def test_each_command_help_shows_its_own_options(capsys):
     """plan/run --help list farm.*, k8s render --help k8s.* too (from the dataclasses: defaults
     and field docs); --version; -q keeps the log to warnings."""

@@ -239,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+        p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
         if name == "k8s":
             p.add_argument("action", choices=["render"], help="render: write the manifests into k8s.out")
         if name in ("generate", "plan", "run", "k8s"):
@@ -357,7 +357,9 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
     if flags.get("bbox"):
         b = flags["bbox"]
         values["input.bbox"] = {"person1": b[:4], "person2": b[4:]}
-    if flags.get("no_progress"):
+    quiet_bar = flags.get("quiet") and not any(o.lstrip("+~").startswith("progress=")
+                                               for o in flags.get("overrides", []))
+    if flags.get("no_progress") or quiet_bar:  # -q: no bar either, unless progress=... says otherwise
         values["progress"] = False
     if flags.get("conform"):
         values["conform.enabled"] = True
