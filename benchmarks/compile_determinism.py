@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dit_forward import rel_l2  # noqa: E402
 from dit_parallel import Timer, make_branches  # noqa: E402
 
 from infinitetalk_dist.models.dit import dit_14b, dit_tiny  # noqa: E402
@@ -58,9 +59,9 @@ def child(args) -> None:
     x.pop("ref_target_masks")
     out = []
     with torch.inference_mode():
-        timer = Timer(device)
-        warm = timer(lambda: out.__setitem__(slice(None), [model(**x)]), 0, 1)[0]
-        seconds = statistics.median(timer(lambda: out.__setitem__(slice(None), [model(**x)]), 0, args.repeats))
+        timer, call = Timer(device), lambda: out.__setitem__(slice(None), [model(**x)])
+        warm = timer(call, 0, 1)[0]
+        seconds = statistics.median(timer(call, 0, args.repeats))
     y = out[0].float().cpu()
     torch.save(y, args.save)
     print(json.dumps(dict(sha=hashlib.sha256(y.numpy().tobytes()).hexdigest(), seconds=seconds, warmup_s=warm)))
@@ -99,7 +100,7 @@ def main(argv=None) -> None:
                 r = json.loads(p.stdout.strip().splitlines()[-1])
                 y = torch.load(save)
                 ref = y if ref is None else ref
-                r["rel_l2_vs_first"] = float((y - ref).norm() / ref.norm().clamp(min=1e-30))
+                r["rel_l2_vs_first"] = rel_l2(y, ref)
                 runs.append(r)
                 print(f"{variant:<8} run {i}: {r['seconds']:.4f} s (first call {r['warmup_s']:.1f} s) "
                       f"sha {r['sha'][:12]} rel L2 vs first {r['rel_l2_vs_first']:.2e}", flush=True)

@@ -357,9 +357,7 @@ def _apply_flags(args: argparse.Namespace) -> tuple[list[str], dict]:
     if flags.get("bbox"):
         b = flags["bbox"]
         values["input.bbox"] = {"person1": b[:4], "person2": b[4:]}
-    quiet_bar = flags.get("quiet") and not any(o.lstrip("+~").startswith("progress=")
-                                               for o in flags.get("overrides", []))
-    if flags.get("no_progress") or quiet_bar:  # -q: no bar either, unless progress=... says otherwise
+    if flags.get("no_progress"):
         values["progress"] = False
     if flags.get("conform"):
         values["conform.enabled"] = True
@@ -375,6 +373,8 @@ def configure(args: argparse.Namespace) -> DictConfig:
     then the plain flags' values set on it."""
     groups, values = _apply_flags(args)
     given = {o.lstrip("+~").split("=", 1)[0]: o for o in args.overrides}
+    if getattr(args, "quiet", False) and "progress" not in given:  # -q: no bar either, unless asked for
+        values["progress"] = False
     twice = [f"{path} ({given[path]} and a flag)" for path in values if path in given]
     if twice:  # a flag silently beating the key=value the user also wrote
         raise InputError(f"set twice: {', '.join(twice)}; keep one")
