@@ -57,12 +57,16 @@ def child(args) -> None:
     h, w = (int(v) for v in args.size.split("x"))
     x = make_branches(cfg, h, w, args.frames, 1, device, dtype)["cond"]
     x.pop("ref_target_masks")
-    out = []
+    out = {}
+
+    def call():  # keeps the last output: hashed below without another forward
+        out["y"] = model(**x)
+
     with torch.inference_mode():
-        timer, call = Timer(device), lambda: out.__setitem__(slice(None), [model(**x)])
+        timer = Timer(device)
         warm = timer(call, 0, 1)[0]
         seconds = statistics.median(timer(call, 0, args.repeats))
-    y = out[0].float().cpu()
+    y = out["y"].float().cpu()
     torch.save(y, args.save)
     print(json.dumps(dict(sha=hashlib.sha256(y.numpy().tobytes()).hexdigest(), seconds=seconds, warmup_s=warm)))
 

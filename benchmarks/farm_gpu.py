@@ -172,8 +172,8 @@ def main() -> None:
             local["film_equal"] = local["film"] == ray["film"]
             for k in local["windows_rerendered"]:
                 if a[k] != b[k]:  # how far apart: the decoded frames of the two renders
-                    files = [next((s / "windows").glob(f"{k:05d}.*")) for s in (Path(f"{ray_mp4}.job"), store)]
-                    local.setdefault("window_diffs", {})[k] = d = frame_diff(*files)
+                    pair = [next((s / "windows").glob(f"{k:05d}.*")) for s in (Path(f"{ray_mp4}.job"), store)]
+                    local.setdefault("window_diffs", {})[k] = d = frame_diff(*pair)
                     print(f"window #{k} differs: {d}", flush=True)
             rows.append(row(f"farm=local ({len(local['windows_rerendered'])} windows re-rendered)",
                             local["report"], local))
