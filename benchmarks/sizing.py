@@ -1,12 +1,16 @@
 """Sizing guide: GPU-hours per minute of output and GPUs for a film in a target wall time.
 
-Two rows are measured end to end through the CLI; the others are projected (marked so in the
-table) from the per-forward benchmarks of `benchmarks/RESULTS.md`:
+Three rows are measured end to end through the CLI; the 40-step 720p row is projected (marked
+so in the table) from the per-forward benchmarks of `benchmarks/RESULTS.md`:
 
-    measured, H200 through `generate` (e2e.py), compile auto (the DiT blocks; the VAE eager):
+    measured, H200 through `generate` (e2e.py), compile auto (the DiT blocks; the VAE eager),
+    cuDNN attention (the fa3-fwd wheel was not carried):
       4-step 480p   case (a), 20 s I2V, LightX2V + LoRA, 7 chunks: DiT 6.49 s a step
       40-step 480p  case (b), V2V, one chunk: DiT 9.73 s a step (3 guidance branches)
-      VAE and mux   case (a) on the eager VAE: 22.1 s over 7 chunks, mux 10.3 s per 20 s
+      4-step 720p   case (c), one chunk (2026-12-04): DiT 23.30 s a step, mux 2.27 s per 3.2 s
+      VAE and mux   case (a) on the eager VAE: 22.1 s over 7 chunks, mux 10.3 s per 20 s; at
+                    720p the 7-chunk VAE figure is scaled by the one-chunk 720p / 480p ratio of
+                    the same run (cases c and d: 3.93 + 6.20 s against 1.78 + 2.74 s)
     The farm on the same card (farm_gpu.py, 40 s in 4 windows, compile=false) ran 8.0 s a step
     and wrote 1000 frames in 598 s of window time: the uncompiled path costs ~20% more.
 
@@ -38,7 +42,9 @@ PRESETS = {"40-step": 40 * 3, "4-step": 4 * 2}  # batched forwards (branches x s
 CHUNK_OUT_S, WINDOW_S, OVERLAP_S, SCHED = 72 / 25, 60.0, 1.0, 1.03
 # (preset, size) -> (DiT s per chunk, VAE s per chunk, mux s per output s), measured through the CLI
 VAE_EAGER, MUX = 22.1 / 7, 10.3 / 20
-MEASURED = {("4-step", "480p"): (4 * 6.49, VAE_EAGER, MUX), ("40-step", "480p"): (40 * 9.73, VAE_EAGER, MUX)}
+VAE_720P = VAE_EAGER * (3.933 + 6.195) / (1.775 + 2.742)
+MEASURED = {("4-step", "480p"): (4 * 6.49, VAE_EAGER, MUX), ("40-step", "480p"): (40 * 9.73, VAE_EAGER, MUX),
+            ("4-step", "720p"): (4 * 23.30, VAE_720P, 2.273 / 3.2)}
 
 
 def window_seconds(size: str, preset: str) -> float:
